@@ -1,0 +1,46 @@
+# Steplens: `make demo` serves a demo on 127.0.0.1:8000; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv install demo test lint format migrate run worker clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+migrate: $(STAMP)
+	$(PY) manage.py migrate --noinput
+
+demo: $(STAMP)
+	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py migrate --noinput
+	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py demo_setup
+	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py runserver 127.0.0.1:8000
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+run: $(STAMP)
+	$(PY) manage.py runserver 127.0.0.1:8000
+
+worker: $(STAMP)
+	$(VENV)/bin/celery -A config worker -Q default,runs,ingest --loglevel INFO
+
+clean:
+	rm -rf $(VENV) db.sqlite3 .pytest_cache .ruff_cache test-artifacts

@@ -1,0 +1,7 @@
+"""Every /v1/ route, gathered from the apps' api/urls.py."""
+
+from django.urls import include, path
+
+urlpatterns = [
+    path("", include("steps.api.urls")),
+]

@@ -1,0 +1,12 @@
+"""Test settings: the database comes from DATABASE_URL (PostgreSQL in CI), SQLite otherwise."""
+
+from config.settings.base import *  # noqa: F403
+from config.settings.base import env
+
+SECRET_KEY = "steplens-test-key"
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+# Tests run tasks eagerly unless a test starts a real worker against CELERY_BROKER_URL.
+CELERY_TASK_ALWAYS_EAGER = True
+TEST_CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="")
+CELERY_BROKER_URL = "memory://"

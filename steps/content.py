@@ -1,0 +1,223 @@
+"""Typed message content: the pydantic v2 models every message write is validated against.
+
+A message's `content` is a list of parts discriminated by `type`; tool returns carry a value that is a
+string or a list of text/image parts. `validate_message` is the one gate: it raises a
+`ContentValidationError` naming the offending field (e.g. ``content.1.source.data``).
+"""
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from config.errors import ApplicationError
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TextContent(_Part):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class UrlImageSource(_Part):
+    type: Literal["url"] = "url"
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _http_or_data(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "data:")):
+            raise ValueError("must be an http(s) or data: URL")
+        return value
+
+
+class Base64ImageSource(_Part):
+    type: Literal["base64"] = "base64"
+    media_type: Literal["image/png", "image/jpeg", "image/gif", "image/webp"]
+    data: str
+
+    @field_validator("data")
+    @classmethod
+    def _valid_base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("is not valid base64") from exc
+        return value
+
+
+ImageSource = Annotated[UrlImageSource | Base64ImageSource, Field(discriminator="type")]
+
+
+class ImageContent(_Part):
+    type: Literal["image"] = "image"
+    source: ImageSource
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ReasoningContent(_Part):
+    """Model reasoning shown in clear text; `signature` lets it be sent back to the provider."""
+
+    type: Literal["reasoning"] = "reasoning"
+    reasoning: str
+    signature: str | None = None
+    is_native: bool = True
+
+
+class RedactedReasoningContent(_Part):
+    """Reasoning the provider encrypted (Anthropic redacted_thinking)."""
+
+    type: Literal["redacted_reasoning"] = "redacted_reasoning"
+    data: str
+
+
+class OmittedReasoningContent(_Part):
+    """Reasoning happened (and was billed) but the provider returned none of it."""
+
+    type: Literal["omitted_reasoning"] = "omitted_reasoning"
+    signature: str | None = None
+
+
+class SummaryPart(_Part):
+    index: int = 0
+    text: str
+
+
+class SummarizedReasoningContent(_Part):
+    """OpenAI Responses reasoning item: summaries plus the encrypted content to send back."""
+
+    type: Literal["summarized_reasoning"] = "summarized_reasoning"
+    id: str
+    summary: list[SummaryPart] = Field(default_factory=list)
+    encrypted_content: str | None = None
+
+
+class ToolCallContent(_Part):
+    type: Literal["tool_call"] = "tool_call"
+    id: str
+    name: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    signature: str | None = None
+
+
+ToolReturnPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+
+
+class ToolReturnContent(_Part):
+    type: Literal["tool_return"] = "tool_return"
+    tool_call_id: str
+    content: str | list[ToolReturnPart]
+    is_error: bool = False
+
+
+ContentPart = Annotated[
+    TextContent
+    | ImageContent
+    | ReasoningContent
+    | RedactedReasoningContent
+    | OmittedReasoningContent
+    | SummarizedReasoningContent
+    | ToolCallContent
+    | ToolReturnContent,
+    Field(discriminator="type"),
+]
+
+
+class FunctionCall(_Part):
+    name: str
+    arguments: str  # JSON text exactly as the model produced it
+
+
+class ToolCall(_Part):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ToolReturn(_Part):
+    """The outcome of one tool call; `func_response` is a string or a list of text/image parts."""
+
+    tool_call_id: str
+    status: Literal["success", "error"]
+    func_response: str | list[ToolReturnPart] | None = None
+    stdout: list[str] | None = None
+    stderr: list[str] | None = None
+
+
+Role = Literal["system", "user", "assistant", "tool", "approval"]
+
+
+class MessageIn(_Part):
+    """A message as it is written: the shape every writer (agent loop, OTLP ingest, API) hands over."""
+
+    role: Role
+    content: list[ContentPart] = Field(default_factory=list)
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    tool_returns: list[ToolReturn] | None = None
+    otid: str | None = None
+    is_err: bool = False
+
+
+_content_adapter: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
+
+
+class ContentValidationError(ApplicationError):
+    """A message or content part failed validation; `extra["errors"]` lists each field and reason."""
+
+
+def _field_path(loc: tuple[Any, ...], data: Any) -> str:
+    """The JSON path of an error, without pydantic's union-branch tags.
+
+    pydantic puts the chosen branch of a union in `loc` (the discriminator value, or names such as
+    ``list[...]``); walking the input alongside tells those apart from real keys and indexes.
+    """
+    path: list[str] = []
+    current, tag_seen = data, False
+    for i, segment in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(current, dict) and not tag_seen and current.get("type") == segment and not last:
+            tag_seen = True
+            continue
+        index_into_list = isinstance(segment, int) and isinstance(current, list) and segment < len(current)
+        key_of_dict = isinstance(segment, str) and isinstance(current, dict) and segment in current
+        if index_into_list or key_of_dict:
+            current, tag_seen = current[segment], False
+        elif not (last and isinstance(current, dict)):
+            continue  # a union branch name, or the value itself is wrong
+        path.append(str(segment))
+    return ".".join(path)
+
+
+def _raise(exc: PydanticValidationError, data: Any, prefix: str = "") -> None:
+    errors = [{"field": prefix + _field_path(e["loc"], data), "message": e["msg"]} for e in exc.errors()]
+    first = errors[0]
+    raise ContentValidationError(
+        f"Invalid message content: {first['field']}: {first['message']}", extra={"errors": errors}
+    ) from exc
+
+
+def validate_message(data: MessageIn | dict[str, Any]) -> MessageIn:
+    """Validate one message (a dict or an already built MessageIn) and return the typed model."""
+    if isinstance(data, MessageIn):
+        data = data.model_dump(mode="python", exclude_none=False)
+    try:
+        return MessageIn.model_validate(data)
+    except PydanticValidationError as exc:
+        _raise(exc, data)
+        raise  # unreachable; keeps type checkers content
+
+
+def validate_content(parts: list[Any]) -> list[ContentPart]:
+    """Validate a bare list of content parts."""
+    try:
+        return _content_adapter.validate_python(parts)
+    except PydanticValidationError as exc:
+        _raise(exc, parts, prefix="content.")
+        raise

@@ -1,0 +1,193 @@
+"""Steps (one LLM call of a run with its usage, cost and outcome), their metrics and messages.
+
+Field names follow the Letta step schema this service grew from.
+"""
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import Organization, Project
+from agents.models import Agent, Run, StopReason
+
+
+def new_step_id() -> str:
+    return f"step-{uuid.uuid4()}"
+
+
+def new_message_id() -> str:
+    return f"message-{uuid.uuid4()}"
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class StepProgression(models.IntegerChoices):
+    """How far a step got; kept when a step fails so the failure point is known."""
+
+    START = 0, "START"
+    STREAM_RECEIVED = 1, "STREAM_RECEIVED"
+    RESPONSE_RECEIVED = 2, "RESPONSE_RECEIVED"
+    STEP_LOGGED = 3, "STEP_LOGGED"
+    LOGGED_TRACE = 4, "LOGGED_TRACE"
+    FINISHED = 5, "FINISHED"
+
+
+class Feedback(models.TextChoices):
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+
+
+class StepOrigin(models.TextChoices):
+    AGENT_LOOP = "agent_loop"
+    OTLP = "otlp"
+    SEED = "seed"
+
+
+class Step(models.Model):
+    """One LLM call: who made it, with which model, what it used and cost, and how it ended."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_step_id, editable=False)
+    # Composite indexes below lead with these columns, so the FKs need no index of their own.
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="steps", db_index=False)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="steps")
+    agent = models.ForeignKey(
+        Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="steps", db_index=False
+    )
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="steps")
+    origin = models.CharField(max_length=32, choices=StepOrigin.choices, default=StepOrigin.AGENT_LOOP)
+    step_number = models.PositiveIntegerField(null=True, blank=True, help_text="Position in the run, from 1.")
+    attempt = models.PositiveSmallIntegerField(default=1, help_text="Retry attempt of this step, from 1.")
+
+    provider_id = models.CharField(max_length=64, null=True, blank=True)
+    provider_name = models.CharField(max_length=64, null=True, blank=True)
+    provider_category = models.CharField(max_length=32, null=True, blank=True)
+    model = models.CharField(max_length=200, null=True, blank=True)
+    model_handle = models.CharField(max_length=256, null=True, blank=True)
+    model_endpoint = models.CharField(max_length=500, null=True, blank=True)
+    context_window_limit = models.PositiveIntegerField(null=True, blank=True)
+
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cache_write_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    prompt_tokens_details = models.JSONField(null=True, blank=True)
+    completion_tokens_details = models.JSONField(null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True)
+    cost_detail = models.CharField(
+        max_length=300, blank=True, default="", help_text="Why cost_usd is empty, when it is (e.g. unknown model)."
+    )
+
+    finish_reason = models.CharField(max_length=64, null=True, blank=True)
+    stop_reason = models.CharField(max_length=32, choices=StopReason.choices, null=True, blank=True)
+    response_id = models.CharField(max_length=200, null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    user_id = models.CharField(max_length=200, null=True, blank=True)
+    conversation_id = models.CharField(max_length=200, null=True, blank=True)
+    tid = models.CharField(max_length=200, null=True, blank=True, help_text="Transaction id.")
+    trace_id = models.CharField(max_length=32, null=True, blank=True)
+    span_id = models.CharField(max_length=16, null=True, blank=True)
+    request_id = models.CharField(max_length=128, null=True, blank=True)
+    feedback = models.CharField(max_length=16, choices=Feedback.choices, null=True, blank=True)
+
+    error_type = models.CharField(max_length=64, null=True, blank=True)
+    error_data = models.JSONField(null=True, blank=True, help_text="message, traceback, details")
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    progression = models.PositiveSmallIntegerField(choices=StepProgression.choices, default=StepProgression.START)
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["organization", "created_at", "id"], name="step_org_created"),
+            models.Index(fields=["agent", "created_at"], name="step_agent_created"),
+            models.Index(fields=["request_id"], name="step_request_id"),
+            models.Index(fields=["trace_id"], name="step_trace_id"),
+            models.Index(fields=["status", "created_at"], name="step_status_created"),
+            models.Index(fields=["error_type"], name="step_error_type", condition=Q(error_type__isnull=False)),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "trace_id", "span_id"],
+                condition=Q(trace_id__isnull=False, span_id__isnull=False),
+                name="step_unique_span",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class StepMetrics(models.Model):
+    """Timings of one step, in nanoseconds: when it started, the LLM request, first token, tools, total."""
+
+    step = models.OneToOneField(Step, primary_key=True, on_delete=models.CASCADE, related_name="metrics")
+    step_start_ns = models.BigIntegerField(null=True, blank=True, help_text="Unix epoch ns.")
+    llm_request_start_ns = models.BigIntegerField(null=True, blank=True, help_text="Unix epoch ns.")
+    llm_request_ns = models.BigIntegerField(null=True, blank=True, help_text="Duration of the LLM call.")
+    ttft_ns = models.BigIntegerField(null=True, blank=True, help_text="Request start to first chunk.")
+    tool_execution_ns = models.BigIntegerField(null=True, blank=True)
+    step_ns = models.BigIntegerField(null=True, blank=True, help_text="Duration of the whole step.")
+
+    class Meta:
+        verbose_name_plural = "step metrics"
+
+    def __str__(self) -> str:
+        return f"metrics of {self.step_id}"
+
+
+class MessageRole(models.TextChoices):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+    APPROVAL = "approval"
+
+
+class Message(models.Model):
+    """One message of a conversation; `content` is a validated list of typed parts (steps.content)."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_message_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="messages")
+    agent = models.ForeignKey(Agent, null=True, blank=True, on_delete=models.SET_NULL, related_name="messages")
+    run = models.ForeignKey(
+        Run, null=True, blank=True, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+    step = models.ForeignKey(
+        Step, null=True, blank=True, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
+    role = models.CharField(max_length=16, choices=MessageRole.choices)
+    content = models.JSONField(default=list, blank=True)
+    name = models.CharField(max_length=200, null=True, blank=True)
+    tool_calls = models.JSONField(null=True, blank=True)
+    tool_call_id = models.CharField(max_length=200, null=True, blank=True)
+    tool_returns = models.JSONField(null=True, blank=True)
+    sequence_id = models.BigIntegerField(help_text="Order within the run (or step when there is no run).")
+    otid = models.CharField(max_length=200, null=True, blank=True, help_text="Client-side id, for idempotent sends.")
+    is_err = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["sequence_id"]
+        indexes = [
+            models.Index(fields=["step", "sequence_id"], name="message_step_seq"),
+            models.Index(fields=["run", "sequence_id"], name="message_run_seq"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "sequence_id"], condition=Q(run__isnull=False), name="message_unique_run_seq"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} {self.id}"

@@ -1,0 +1,16 @@
+"""Celery entry points for steps: thin wrappers around one service each."""
+
+from datetime import timedelta
+
+from celery import shared_task
+from django.conf import settings
+
+from config.celery import Queue
+from steps.services import steps_fail_stale
+
+
+@shared_task(name="steps.fail_stale_steps", queue=Queue.DEFAULT, acks_late=True)
+def fail_stale_steps(*, older_than_seconds: int | None = None) -> int:
+    """Fail steps left pending by a dead worker (scheduled by Celery beat, safe to run any time)."""
+    seconds = older_than_seconds if older_than_seconds is not None else settings.STEPLENS_STALE_STEP_SECONDS
+    return steps_fail_stale(older_than=timedelta(seconds=seconds))
