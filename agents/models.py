@@ -94,6 +94,7 @@ class Run(models.Model):
     origin = models.CharField(max_length=32, default="agent_loop")
     metadata = models.JSONField(default=dict, blank=True)
     error_data = models.JSONField(null=True, blank=True)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

@@ -1,7 +1,10 @@
 """Writes for agents and runs."""
 
+import threading
+import time
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
@@ -80,4 +83,180 @@ def run_finish(
     if status in _FINISHED:
         run.completed_at = timezone.now()
     run.save()
+    return run
+
+
+# --- agents -----------------------------------------------------------------------------------
+
+_AGENT_FIELDS = (
+    "name", "model_handle", "system", "tools", "temperature", "max_output_tokens", "context_window", "max_steps",
+    "tags", "metadata",
+)  # fmt: skip
+
+
+def _check_agent(organization: Organization, values: dict[str, Any], agent_id: str | None = None) -> None:
+    from agents.providers import validate_model_handle
+    from agents.tools import validate_tool_names
+
+    if "model_handle" in values:
+        validate_model_handle(values["model_handle"])
+    if "tools" in values:
+        validate_tool_names(list(values["tools"] or []))
+    if "name" in values:
+        clash = Agent.objects.filter(organization=organization, name=values["name"], deleted_at__isnull=True)
+        if clash.exclude(pk=agent_id).exists():
+            raise ApplicationError("Agent name taken.", extra={"name": f"an agent named {values['name']!r} exists"})
+
+
+@transaction.atomic
+def agent_create(*, organization: Organization, project: Project | None = None, **values: Any) -> Agent:
+    """Create an agent; unknown tools, an unusable model handle or a taken name are 400s."""
+    values = {k: v for k, v in values.items() if k in _AGENT_FIELDS and v is not None}
+    _check_agent(organization, values)
+    return Agent.objects.create(organization=organization, project=project, **values)
+
+
+@transaction.atomic
+def agent_update(*, agent: Agent, **values: Any) -> Agent:
+    values = {k: v for k, v in values.items() if k in _AGENT_FIELDS}
+    _check_agent(agent.organization, values, agent_id=agent.pk)
+    for name, value in values.items():
+        setattr(agent, name, value)
+    agent.save()
+    return agent
+
+
+def agent_delete(*, agent: Agent) -> None:
+    """Soft delete: the agent disappears from the API but its runs and steps stay browsable."""
+    agent.deleted_at = timezone.now()
+    agent.save(update_fields=["deleted_at", "updated_at"])
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+
+def run_enqueue(*, run: Run) -> None:
+    """Hand a run to a worker once the transaction that created it commits."""
+    from agents.tasks import run_agent
+
+    transaction.on_commit(lambda: run_agent.apply_async(kwargs={"run_id": run.pk}))
+
+
+@transaction.atomic
+def run_start(
+    *,
+    organization: Organization,
+    agent: Agent,
+    messages: list[dict[str, Any]],
+    request_id: str,
+    background: bool = False,
+    user_id: str | None = None,
+    conversation_id: str | None = None,
+) -> Run:
+    """Create a run with its input messages (validated, all or nothing); the caller dispatches it."""
+    from steps.services import messages_create
+
+    if not messages:
+        raise ApplicationError("No input messages.", extra={"messages": "at least one message is required"})
+    run = run_create(
+        organization=organization, agent=agent, request_id=request_id, background=background, user_id=user_id,
+        conversation_id=conversation_id,
+    )  # fmt: skip
+    messages_create(organization=organization, run=run, messages=messages)
+    return run
+
+
+def run_cancel(*, run: Run) -> Run:
+    """Ask a run to stop: an in-flight provider stream stops within a second and the step ends cancelled."""
+    from agents.loop import run_execute, signal_cancel
+
+    Run.objects.filter(pk=run.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
+    signal_cancel(run.pk)
+    run.refresh_from_db()
+    if run.status in {RunStatus.CREATED, RunStatus.PAUSED}:
+        # Nothing is executing it: end it now (the loop records the cancellation and closes the stream).
+        run = run_execute(run_id=run.pk)
+    return run
+
+
+@transaction.atomic
+def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: str = "") -> Run:
+    """Record a human's decision on a tool call awaiting approval; the caller resumes the run."""
+    from agents.loop import APPROVED, DENIED, pending_tool_calls
+    from steps.models import Step
+    from steps.services import messages_create
+
+    run = Run.objects.select_for_update().get(pk=run.pk)
+    if run.status != RunStatus.PAUSED:
+        raise ApplicationError("Run is not waiting for an approval.", extra={"status": run.status}, status_code=409)
+    pending = pending_tool_calls(run=run)
+    awaiting = {c["id"] for c in pending.calls} & pending.requested
+    if tool_call_id not in awaiting:
+        raise ApplicationError(
+            "No tool call awaiting approval with this id.",
+            extra={"tool_call_id": f"awaiting approval: {sorted(awaiting)}"},
+            status_code=400,
+        )
+    if tool_call_id in pending.decisions:
+        raise ApplicationError(
+            "This tool call was already decided.", extra={"tool_call_id": tool_call_id}, status_code=409
+        )
+    messages_create(
+        organization=run.organization,
+        run=run,
+        step=Step.objects.filter(pk=pending.step_id).first(),
+        messages=[
+            {
+                "role": "approval",
+                "name": APPROVED if approve else DENIED,
+                "tool_call_id": tool_call_id,
+                "content": [{"type": "text", "text": reason}] if reason else [],
+            }
+        ],
+    )
+    run.undecided = awaiting - set(pending.decisions) - {tool_call_id}
+    return run
+
+
+def _execute_in_thread(run_id: str) -> None:
+    from django.db import connection
+
+    from agents.loop import run_execute
+
+    try:
+        run_execute(run_id=run_id)
+    finally:
+        connection.close()
+
+
+def run_dispatch(*, run: Run, wait: bool) -> None:
+    """Start a run: on a worker through the broker, or (embedded mode, no broker) in this process.
+
+    Embedded mode runs a waiting request inline and a streaming or background one in a thread,
+    so the same views work with and without Celery workers.
+    """
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        run_enqueue(run=run)
+    elif wait:
+        from agents.loop import run_execute
+
+        run_execute(run_id=run.pk)
+    else:
+        transaction.on_commit(
+            lambda: threading.Thread(
+                target=_execute_in_thread, args=(run.pk,), name=f"run-{run.pk}", daemon=True
+            ).start()
+        )
+
+
+def run_wait(*, run: Run, timeout: float) -> Run:
+    """Block until a run executing elsewhere stops (its stream closes), or `timeout` passes."""
+    from agents.streams import DONE, follow
+
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        deadline = time.monotonic() + timeout
+        for event in follow(run.pk, idle_ms=1000):
+            if (event is not None and event.get("type") == DONE) or time.monotonic() > deadline:
+                break
+    run.refresh_from_db()
     return run

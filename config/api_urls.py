@@ -4,4 +4,5 @@ from django.urls import include, path
 
 urlpatterns = [
     path("", include("steps.api.urls")),
+    path("", include("agents.api.urls")),
 ]

@@ -133,3 +133,13 @@ STEPLENS_STALE_STEP_SECONDS = env.int("STEPLENS_STALE_STEP_SECONDS", default=2 *
 CELERY_BEAT_SCHEDULE = {
     "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": 300.0},
 }
+
+# Agent runs: provider retries (attempts include the first), backoff, and how often a running run
+# checks whether it was cancelled from another process.
+STEPLENS_LLM_MAX_ATTEMPTS = env.int("STEPLENS_LLM_MAX_ATTEMPTS", default=3)
+STEPLENS_LLM_RETRY_BASE_SECONDS = env.float("STEPLENS_LLM_RETRY_BASE_SECONDS", default=1.0)
+STEPLENS_LLM_RETRY_MAX_SECONDS = env.float("STEPLENS_LLM_RETRY_MAX_SECONDS", default=30.0)
+STEPLENS_CANCEL_POLL_SECONDS = env.float("STEPLENS_CANCEL_POLL_SECONDS", default=0.25)
+STEPLENS_RUN_SOFT_TIME_LIMIT = env.int("STEPLENS_RUN_SOFT_TIME_LIMIT", default=15 * 60)
+STEPLENS_SSE_PING_SECONDS = env.float("STEPLENS_SSE_PING_SECONDS", default=15.0)
+STEPLENS_SYNC_WAIT_SECONDS = env.float("STEPLENS_SYNC_WAIT_SECONDS", default=15 * 60)

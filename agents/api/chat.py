@@ -1,0 +1,207 @@
+"""`POST /v1/chat/completions`: the OpenAI chat-completions format in front of a Steplens agent.
+
+`model` names an agent (its name or id). Every call becomes a recorded run; tools run inside the agent.
+"""
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.authentication import request_organization
+from agents import selectors, services
+from agents.api.sse import sse_response
+from agents.loop import run_usage
+from agents.models import Run, RunStatus, StopReason
+from agents.streams import DONE, follow
+from config.errors import ApplicationError
+from steps.models import Message
+
+_ROLES = {"system", "user", "assistant"}
+
+
+def _bad(param: str, message: str) -> ApplicationError:
+    return ApplicationError(message, extra={param: message})
+
+
+def _content_parts(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not content:
+        raise _bad(where, f"{where} must be a string or a non-empty list of content parts")
+    parts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") not in {"text", "image_url"}:
+            raise _bad(f"{where}.{index}", f"{where}.{index} must be a text or image_url part")
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise _bad(f"{where}.{index}.text", f"{where}.{index}.text must be a string")
+            parts.append({"type": "text", "text": part["text"]})
+        else:
+            url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+            if not isinstance(url, str):
+                raise _bad(f"{where}.{index}.image_url.url", f"{where}.{index}.image_url.url must be a string")
+            parts.append({"type": "image", "source": {"type": "url", "url": url}})
+    return parts
+
+
+def parse_chat_request(body: Any) -> tuple[str, list[dict[str, Any]], bool, bool]:
+    """Validate an OpenAI chat request: (agent name, messages, stream, include_usage); precise 400s otherwise."""
+    if not isinstance(body, dict):
+        raise _bad("body", "the body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _bad("model", "model is required and must name a Steplens agent")
+    if "messages" not in body:
+        raise _bad("messages", "messages is required")
+    raw = body["messages"]
+    if not isinstance(raw, list):
+        raise _bad("messages", "messages must be a list")
+    if not raw:
+        raise _bad("messages", "messages must not be empty")
+    messages = []
+    for index, message in enumerate(raw):
+        where = f"messages.{index}"
+        if not isinstance(message, dict):
+            raise _bad(where, f"{where} must be an object")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise _bad(f"{where}.role", f"{where}.role must be one of {sorted(_ROLES)} (tools run inside the agent)")
+        if "content" not in message or message["content"] is None:
+            raise _bad(f"{where}.content", f"{where}.content is required")
+        messages.append({"role": role, "content": _content_parts(message["content"], f"{where}.content")})
+    if messages[-1]["role"] != "user":
+        raise _bad("messages", "the last message must be from the user")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise _bad("stream", "stream must be a boolean")
+    options = body.get("stream_options") or {}
+    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    return model, messages, stream, include_usage
+
+
+def _finish_reason(run: Run) -> str:
+    return "length" if run.stop_reason == StopReason.MAX_TOKENS_EXCEEDED else "stop"
+
+
+def _usage(run: Run) -> dict[str, Any]:
+    totals = run_usage(run=run)
+    return {
+        "prompt_tokens": totals["prompt_tokens"],
+        "completion_tokens": totals["completion_tokens"],
+        "total_tokens": totals["total_tokens"],
+        "prompt_tokens_details": {"cached_tokens": totals["cached_input_tokens"]},
+        "completion_tokens_details": {"reasoning_tokens": totals["reasoning_tokens"]},
+    }
+
+
+def _reply_text(run: Run) -> str:
+    """What the agent said: its last text answer, or the message it sent through send_message."""
+    for message in Message.objects.filter(run=run, role="assistant").order_by("-sequence_id"):
+        for call in message.tool_calls or []:
+            if call["function"]["name"] == "send_message":
+                try:
+                    return str(json.loads(call["function"]["arguments"]).get("message", ""))
+                except (ValueError, AttributeError):
+                    return call["function"]["arguments"]
+        text = "".join(p.get("text", "") for p in message.content or [] if p.get("type") == "text")
+        if text:
+            return text
+    return ""
+
+
+def _chunk(run: Run, model: str, created: int, delta: dict[str, Any], finish: str | None = None) -> str:
+    body = {
+        "id": f"chatcmpl-{run.pk}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def _stream(run: Run, model: str, include_usage: bool) -> Iterator[str]:
+    created = int(time.time())
+    yield _chunk(run, model, created, {"role": "assistant", "content": ""})
+    streamed_text = False
+    for event in follow(run.pk, idle_ms=int(settings.STEPLENS_SSE_PING_SECONDS * 1000)):
+        if event is None:
+            yield ": ping\n\n"
+            continue
+        if event.get("type") == DONE:
+            break
+        kind = event.get("message_type")
+        if kind == "assistant_message" and event.get("content"):
+            streamed_text = True
+            yield _chunk(run, model, created, {"content": event["content"]})
+        elif kind == "error_message":
+            error = {"error": {"message": event.get("message"), "type": event.get("error_type")}}
+            yield f"data: {json.dumps(error)}\n\n"
+    run.refresh_from_db()
+    if not streamed_text:
+        text = _reply_text(run)
+        if text:
+            yield _chunk(run, model, created, {"content": text})
+    yield _chunk(run, model, created, {}, finish=_finish_reason(run))
+    if include_usage:
+        usage_chunk = {
+            "id": f"chatcmpl-{run.pk}",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [],
+            "usage": _usage(run),
+        }
+        yield f"data: {json.dumps(usage_chunk)}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+class ChatCompletionsApi(APIView):
+    """OpenAI-compatible chat completions backed by an agent run (streaming and not)."""
+
+    @extend_schema(request=dict, responses={200: dict})
+    def post(self, request: Request):
+        model, messages, stream, include_usage = parse_chat_request(request.data)
+        organization = request_organization(request)
+        agent = selectors.agent_find(organization=organization, name_or_id=model)
+        run = services.run_start(
+            organization=organization,
+            agent=agent,
+            messages=messages,
+            request_id=request._request.request_id,
+            user_id=request.headers.get("X-User-ID") or (request.data.get("user") or None),
+        )
+        if stream:
+            services.run_dispatch(run=run, wait=False)
+            return sse_response(_stream(run, model, include_usage), request_id=run.request_id)
+        services.run_dispatch(run=run, wait=True)
+        run = services.run_wait(run=run, timeout=settings.STEPLENS_SYNC_WAIT_SECONDS)
+        if run.status == RunStatus.FAILED:
+            raise ApplicationError(
+                "The agent run failed.",
+                extra={"run_id": run.pk, "stop_reason": run.stop_reason, "error": run.error_data},
+                status_code=502,
+            )
+        return Response(
+            {
+                "id": f"chatcmpl-{run.pk}",
+                "object": "chat.completion",
+                "created": int(run.created_at.timestamp()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": _reply_text(run)},
+                        "finish_reason": _finish_reason(run),
+                    }
+                ],
+                "usage": _usage(run),
+            }
+        )

@@ -1,0 +1,42 @@
+"""Reads for agents and runs, always scoped to one organization."""
+
+from django.db.models import Q, QuerySet
+
+from accounts.models import Organization
+from agents.models import Agent, Run
+from config.errors import NotFound
+
+
+def agent_list(*, organization: Organization) -> QuerySet[Agent]:
+    return Agent.objects.filter(organization=organization, deleted_at__isnull=True).order_by("-created_at", "-id")
+
+
+def agent_get(*, organization: Organization, agent_id: str) -> Agent:
+    agent = agent_list(organization=organization).filter(pk=agent_id).first()
+    if agent is None:
+        raise NotFound("Agent not found.", extra={"agent_id": agent_id})
+    return agent
+
+
+def agent_find(*, organization: Organization, name_or_id: str) -> Agent:
+    """An agent by id or by name (the chat-completions `model` field may hold either)."""
+    agent = agent_list(organization=organization).filter(Q(pk=name_or_id) | Q(name=name_or_id)).first()
+    if agent is None:
+        raise NotFound(f"No agent named {name_or_id!r}.", extra={"model": "must name an agent (its name or id)"})
+    return agent
+
+
+def run_list(*, organization: Organization, agent_id: str | None = None, status: str | None = None) -> QuerySet[Run]:
+    runs = Run.objects.filter(organization=organization).select_related("agent").order_by("-created_at", "-id")
+    if agent_id:
+        runs = runs.filter(agent_id=agent_id)
+    if status:
+        runs = runs.filter(status=status)
+    return runs
+
+
+def run_get(*, organization: Organization, run_id: str) -> Run:
+    run = Run.objects.filter(organization=organization, pk=run_id).select_related("agent").first()
+    if run is None:
+        raise NotFound("Run not found.", extra={"run_id": run_id})
+    return run
