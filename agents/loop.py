@@ -501,8 +501,9 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
             provider_name=adapter.provider_name,
             provider_category="base",
             model=request.model,
-            model_handle=agent.model_handle,
+            model_handle=_stand_in_handle(adapter) or agent.model_handle,
             model_endpoint=getattr(adapter, "endpoint", None),
+            metadata={"scripted_scenario": adapter.scenario.name} if hasattr(adapter, "scenario") else None,
             context_window_limit=agent.context_window,
             tags=agent.tags or [],
         )
@@ -612,6 +613,12 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
                 return RunStatus.COMPLETED, stop_reason, None
             return None
     return None  # unreachable: the last attempt always returns
+
+
+def _stand_in_handle(adapter: Any) -> str | None:
+    """A scripted adapter records the model it stands in for, so costs and reports look real."""
+    scenario = getattr(adapter, "scenario", None)
+    return scenario.handle if scenario is not None else None
 
 
 def _partial_usage(error: ProviderError | None) -> Usage | None:

@@ -2,10 +2,13 @@
 
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
@@ -94,12 +97,24 @@ _AGENT_FIELDS = (
 )  # fmt: skip
 
 
+def model_handle_validate(model_handle: str) -> str:
+    """The handle, if Steplens can run it (`provider/model` or `scripted/<scenario>`); a 400 otherwise."""
+    from agents.providers import UnknownModelHandle, get_scenario, parse_model_handle
+
+    try:
+        prefix, model = parse_model_handle(model_handle)
+        if prefix == "scripted":
+            get_scenario(model)
+    except (UnknownModelHandle, KeyError) as exc:
+        raise ApplicationError("Invalid model_handle.", extra={"model_handle": str(exc).strip("'\"")}) from exc
+    return model_handle
+
+
 def _check_agent(organization: Organization, values: dict[str, Any], agent_id: str | None = None) -> None:
-    from agents.providers import validate_model_handle
     from agents.tools import validate_tool_names
 
     if "model_handle" in values:
-        validate_model_handle(values["model_handle"])
+        model_handle_validate(values["model_handle"])
     if "tools" in values:
         validate_tool_names(list(values["tools"] or []))
     if "name" in values:
@@ -260,3 +275,102 @@ def run_wait(*, run: Run, timeout: float) -> Run:
                 break
     run.refresh_from_db()
     return run
+
+
+def agent_get_or_create(
+    *,
+    organization: Organization,
+    name: str,
+    model_handle: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> Agent:
+    """The organization's live agent called `name`, created (with `model_handle`) when there is none.
+
+    Used by the OTLP ingest for agents seen in `invoke_agent` spans. Safe under concurrent calls: a lost race
+    on the unique live name returns the winner's row.
+    """
+    agent = Agent.objects.filter(organization=organization, name=name, deleted_at__isnull=True).first()
+    if agent is not None:
+        return agent
+    try:
+        with transaction.atomic():
+            return Agent.objects.create(
+                organization=organization, name=name, model_handle=model_handle, metadata=metadata or {}
+            )
+    except IntegrityError:
+        return Agent.objects.get(organization=organization, name=name, deleted_at__isnull=True)
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """A run that already ended (an ingested `invoke_agent` span), recorded in one go by `runs_record_many`."""
+
+    agent: Agent | None
+    trace_id: str
+    span_id: str
+    request_id: str
+    status: RunStatus
+    stop_reason: str | None
+    created_at: datetime
+    completed_at: datetime
+    total_duration_ns: int | None = None
+    ttft_ns: int | None = None
+    user_id: str | None = None
+    conversation_id: str | None = None
+    origin: str = "otlp"
+    metadata: dict[str, Any] | None = None
+    error_data: dict[str, Any] | None = None
+
+
+@transaction.atomic
+def runs_record_many(
+    *, organization: Organization, records: Sequence[RunRecord]
+) -> tuple[dict[tuple[str, str], Run], set[str]]:
+    """Record ended runs in bulk, idempotently on (organization, trace_id, span_id).
+
+    Returns every run of those spans by (trace_id, span_id), stored before or now, and the ids of the ones this
+    call inserted. A concurrent call inserting the same span wins without error.
+    """
+    if not records:
+        return {}, set()
+    keys = {(r.trace_id, r.span_id) for r in records}
+
+    def stored() -> dict[tuple[str, str], Run]:
+        rows = Run.objects.select_related("agent").filter(
+            organization=organization, trace_id__in={k[0] for k in keys}, span_id__in={k[1] for k in keys}
+        )
+        return {(run.trace_id, run.span_id): run for run in rows if (run.trace_id, run.span_id) in keys}
+
+    existing = stored()
+    new: dict[tuple[str, str], Run] = {}
+    for record in records:
+        key = (record.trace_id, record.span_id)
+        if key in existing or key in new:
+            continue
+        if record.agent is not None and record.agent.organization_id != organization.pk:
+            raise ApplicationError("Agent belongs to another organization.", status_code=404)
+        new[key] = Run(
+            organization=organization,
+            project=record.agent.project if record.agent else None,
+            agent=record.agent,
+            request_id=record.request_id,
+            status=record.status,
+            stop_reason=record.stop_reason,
+            ttft_ns=record.ttft_ns,
+            total_duration_ns=record.total_duration_ns,
+            user_id=record.user_id,
+            conversation_id=record.conversation_id,
+            trace_id=record.trace_id,
+            span_id=record.span_id,
+            origin=record.origin,
+            metadata=record.metadata or {},
+            error_data=record.error_data,
+            started_at=record.created_at,
+            completed_at=record.completed_at,
+        )
+    if not new:
+        return existing, set()
+    Run.objects.bulk_create(new.values(), ignore_conflicts=True)
+    runs = stored()
+    inserted = {run.pk for key, run in new.items() if runs.get(key) is not None and runs[key].pk == run.pk}
+    return runs, inserted
