@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import Sum
 
 from agents.models import Agent, Run, RunStatus, StopReason
@@ -403,7 +403,7 @@ def run_execute(*, run_id: str) -> Run:
             status, stop_reason, error = _loop(run, cancel, publish, state)
     except Exception as exc:  # an unexpected bug still ends the run truthfully
         logger.exception("run %s failed", run.pk)
-        close_old_connections()
+        _reconnect_if_broken()
         _recover_interrupted_as_error(run, exc)
         status, stop_reason, error = (
             RunStatus.FAILED,
@@ -414,6 +414,12 @@ def run_execute(*, run_id: str) -> Run:
         with _local_lock:
             _local_cancels.pop(run.pk, None)
     return _finish(run, status, stop_reason, publish, error, state)
+
+
+def _reconnect_if_broken() -> None:
+    """After a database restart the old connection is dead; drop it so the next query reconnects."""
+    if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
+        connection.close()
 
 
 def _recover_interrupted_as_error(run: Run, exc: Exception) -> None:

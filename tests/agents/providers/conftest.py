@@ -1,0 +1,61 @@
+"""Fixtures for the provider adapter tests: recorded responses, requests, in-memory SDK wiring.
+
+None of these tests touch the database.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.providers import LLMRequest, ToolSpec
+from agents.providers.base import BaseAdapter
+from agents.providers.replay import adapter_for_api
+from agents.providers.transport import InMemoryTransport, WireResponse
+from steps.content import MessageIn, TextContent
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+RECORDINGS = REPO_ROOT.parent / "shared" / "recordings"
+
+
+def manifest_cases() -> list[dict[str, Any]]:
+    """The recorded cases of ../shared/recordings/manifest.json (empty when it is not there)."""
+    manifest = RECORDINGS / "manifest.json"
+    if not manifest.is_file():
+        return []
+    return json.loads(manifest.read_text())["cases"]
+
+
+@pytest.fixture
+def recordings_dir() -> Path:
+    if not RECORDINGS.is_dir():
+        pytest.skip(f"recordings not found at {RECORDINGS}")
+    return RECORDINGS
+
+
+def user_request(text: str = "What's the weather in Paris?", *, model: str = "test-model", **kwargs: Any) -> LLMRequest:
+    """A one-message request with a get_weather tool."""
+    return LLMRequest(
+        model=model,
+        messages=[
+            MessageIn(role="system", content=[TextContent(text="You are terse.")]),
+            MessageIn(role="user", content=[TextContent(text=text)]),
+        ],
+        tools=[ToolSpec(name="get_weather", description="Weather for a city.", parameters={"type": "object"})],
+        **kwargs,
+    )
+
+
+def adapter_serving(api: str, wire: WireResponse | Any, **options: Any) -> tuple[BaseAdapter, InMemoryTransport]:
+    """A real adapter for `api` whose SDK client talks to an in-memory transport serving `wire`."""
+    transport = InMemoryTransport(wire)
+    options.setdefault("api_key", "sk-test-0123456789abcdefghijklmnop")
+    return adapter_for_api(api, transport=transport, **options), transport
+
+
+def sent_json(transport: InMemoryTransport) -> dict[str, Any]:
+    """The JSON body of the last request the SDK sent."""
+    return json.loads(transport.requests[-1].content)
