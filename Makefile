@@ -19,6 +19,7 @@ migrate: $(STAMP)
 
 demo: $(STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py migrate --noinput
+	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py seed_demo
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py demo_setup
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py runserver 127.0.0.1:8000
 

@@ -65,8 +65,13 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=0))
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A busy timeout lets the dev server and an eager task share the file without "database is locked".
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # WAL and IMMEDIATE transactions let the dev server and in-process runs write concurrently without
+    # "database is locked"; synchronous=NORMAL is safe with WAL and avoids an fsync per commit.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=20,
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -143,3 +148,41 @@ STEPLENS_CANCEL_POLL_SECONDS = env.float("STEPLENS_CANCEL_POLL_SECONDS", default
 STEPLENS_RUN_SOFT_TIME_LIMIT = env.int("STEPLENS_RUN_SOFT_TIME_LIMIT", default=15 * 60)
 STEPLENS_SSE_PING_SECONDS = env.float("STEPLENS_SSE_PING_SECONDS", default=15.0)
 STEPLENS_SYNC_WAIT_SECONDS = env.float("STEPLENS_SYNC_WAIT_SECONDS", default=15 * 60)
+
+# Per API key request rate (config.throttling): over it, 429 with Retry-After. "<n>/<second|minute|hour|day>".
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.ApiKeyRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"api_key": env("STEPLENS_API_RATE", default="100000/minute")}
+
+# --- OpenTelemetry and OTLP ingest (traces/) ----------------------------------------------------------------------
+# Export is configured by the standard OTEL_* variables only (see traces/otel/setup.py), never here.
+# Largest OTLP/HTTP body accepted by POST /v1/traces, compressed or inflated (413 above it).
+STEPLENS_OTLP_MAX_BODY_BYTES = env.int("STEPLENS_OTLP_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+# Ingest requests handled at once per web process; beyond that the endpoint answers 503 with Retry-After
+# instead of queueing batches in memory.
+STEPLENS_OTLP_MAX_CONCURRENT = env.int("STEPLENS_OTLP_MAX_CONCURRENT", default=8)
+# Accepted requests are stored as IngestBatch rows (the durable queue) and mapped by workers on the `ingest`
+# queue. Backpressure: with this many batches, or this many body bytes, accepted but not yet mapped, the endpoint
+# answers 503 with Retry-After (0 turns a limit off).
+STEPLENS_OTLP_BACKLOG_MAX_BATCHES = env.int("STEPLENS_OTLP_BACKLOG_MAX_BATCHES", default=2000)
+STEPLENS_OTLP_BACKLOG_MAX_BYTES = env.int("STEPLENS_OTLP_BACKLOG_MAX_BYTES", default=1024 * 1024 * 1024)
+STEPLENS_OTLP_RETRY_AFTER_SECONDS = env.int("STEPLENS_OTLP_RETRY_AFTER_SECONDS", default=2)
+# Batches a worker claims and maps in one transaction (bigger inserts, fewer commits).
+STEPLENS_OTLP_CLAIM_BATCHES = env.int("STEPLENS_OTLP_CLAIM_BATCHES", default=8)
+# A batch processing for longer than the lease lost its worker: the sweep queues it again, up to MAX_ATTEMPTS
+# claims, then marks it failed. Queued batches older than REQUEUE_AFTER get a new task (the broker may have
+# lost theirs). Done batches are deleted after RETENTION_HOURS (their bodies are dropped when they are done).
+STEPLENS_OTLP_BATCH_LEASE_SECONDS = env.int("STEPLENS_OTLP_BATCH_LEASE_SECONDS", default=300)
+STEPLENS_OTLP_BATCH_MAX_ATTEMPTS = env.int("STEPLENS_OTLP_BATCH_MAX_ATTEMPTS", default=5)
+STEPLENS_OTLP_REQUEUE_AFTER_SECONDS = env.int("STEPLENS_OTLP_REQUEUE_AFTER_SECONDS", default=60)
+STEPLENS_OTLP_BATCH_RETENTION_HOURS = env.int("STEPLENS_OTLP_BATCH_RETENTION_HOURS", default=24)
+CELERY_BEAT_SCHEDULE["sweep-ingest-batches"] = {"task": "traces.sweep_ingest_batches", "schedule": 30.0}
+# Stable enum names in the OpenAPI schema (several fields share a name with different choices).
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
+    "StepStatusEnum": "steps.models.StepStatus",
+    "RunStatusEnum": "agents.models.RunStatus",
+    "FeedbackEnum": "steps.models.Feedback",
+    "ToolReturnStatusEnum": [("success", "success"), ("error", "error")],
+    "ReportSourceEnum": [("rollup", "rollup"), ("steps", "steps")],
+    "ReasoningSourceEnum": [("model", "model"), ("summary", "summary")],
+    "RequestErrorSourceEnum": [("run", "run"), ("step", "step"), ("provider_trace", "provider_trace")],
+}
