@@ -1,0 +1,77 @@
+"""Provider adapters: OpenAI Chat Completions, OpenAI Responses, Anthropic, Gemini and the scripted provider.
+
+Use `get_adapter(model_handle)` to get an adapter and the provider's model name, then
+`adapter.stream(LLMRequest(...), cancel_event=...)`: iterate the returned `ProviderCall` for
+`StreamChunk`s; afterwards `call.result` is the `LLMResult` (or iteration raised a `ProviderError`)
+and `call.trace` the redacted `ProviderTraceData`.
+"""
+
+from agents.providers.base import (
+    APIS,
+    LLMRequest,
+    LLMResult,
+    ProviderAdapter,
+    ProviderCall,
+    ProviderTraceData,
+    StreamChunk,
+    ToolSpec,
+)
+from agents.providers.errors import (
+    ERROR_TYPES,
+    RETRYABLE_ERROR_TYPES,
+    ProviderCancelled,
+    ProviderError,
+)
+from agents.providers.images import ImageFetcher, ImageFetchError
+from agents.providers.redaction import redact, redact_headers, redact_text
+from agents.providers.registry import UnknownModelHandle, get_adapter, parse_model_handle
+from agents.providers.replay import parse_recorded_response
+from agents.providers.scripted import (
+    RecordedTurn,
+    Scenario,
+    ScriptedAdapter,
+    get_scenario,
+    register_scenario,
+    scenario_names,
+    unregister_scenario,
+)
+from agents.providers.transport import InMemoryTransport, WireResponse
+from agents.providers.wire import ErrorSpec, ToolCallSpec, Turn, TurnUsage, synthesize
+
+__all__ = [
+    "APIS",
+    "ERROR_TYPES",
+    "RETRYABLE_ERROR_TYPES",
+    "ErrorSpec",
+    "ImageFetchError",
+    "ImageFetcher",
+    "InMemoryTransport",
+    "LLMRequest",
+    "LLMResult",
+    "ProviderAdapter",
+    "ProviderCall",
+    "ProviderCancelled",
+    "ProviderError",
+    "ProviderTraceData",
+    "RecordedTurn",
+    "Scenario",
+    "ScriptedAdapter",
+    "StreamChunk",
+    "ToolCallSpec",
+    "ToolSpec",
+    "Turn",
+    "TurnUsage",
+    "UnknownModelHandle",
+    "WireResponse",
+    "get_adapter",
+    "get_scenario",
+    "parse_model_handle",
+    "parse_recorded_response",
+    "redact",
+    "redact_headers",
+    "redact_text",
+    "register_scenario",
+    "scenario_names",
+    "synthesize",
+    "unregister_scenario",
+]

@@ -198,7 +198,7 @@ def test_context_window_messages_of_each_provider_are_recognised():
             body={
                 "error": {
                     "code": 400,
-                    "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+                    "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)",
                     "status": "INVALID_ARGUMENT",
                 }
             },
