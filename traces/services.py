@@ -1,18 +1,33 @@
 """Writes for provider traces. Secrets are redacted here too, whatever the caller did."""
 
+import contextlib
+import json
+import logging
+from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import Count, F, Q, Sum
+from django.utils import timezone
 
 from accounts.models import Organization
 from agents.providers.redaction import redact
+from config.errors import ApplicationError
 from steps.models import Step
-from traces.models import ProviderTrace
+from traces.models import PENDING_BATCH_STATUSES, IngestBatch, IngestBatchStatus, ProviderTrace
 
 if TYPE_CHECKING:
     from traces.ingest.decode import OtlpSpan
 
 _MAX_ERROR_MESSAGE = 10_000
+logger = logging.getLogger(__name__)
+# Errors a retry can cure: the connection, a deadlock or serialization failure, an insert race lost to another
+# writer. Anything else fails the batch with its reason.
+_TRANSIENT = (OperationalError, InterfaceError, IntegrityError)
 
 
 @dataclass(slots=True)
@@ -46,26 +61,53 @@ def provider_trace_record(*, step: Step, trace: ProviderTraceIn, attempt: int = 
     return provider_trace
 
 
+def _trace_values(step: Step, trace: ProviderTraceIn) -> dict[str, Any]:
+    return {
+        "organization_id": step.organization_id,
+        "provider": trace.provider[:64],
+        "api": (trace.api or "")[:32],
+        "model": (trace.model or "")[:200],
+        "request_json": redact(trace.request_json),
+        "response_json": redact(trace.response_json),
+        "latency_ms": trace.latency_ms,
+        "error_type": trace.error_type,
+        "error_message": (trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,
+    }
+
+
 def provider_trace_build(*, step: Step, trace: ProviderTraceIn, attempt: int = 1) -> ProviderTrace:
     """An unsaved ProviderTrace for `step`, redacted exactly as provider_trace_record redacts."""
-    return ProviderTrace(
-        organization_id=step.organization_id,
-        step=step,
-        attempt=attempt,
-        provider=trace.provider[:64],
-        api=(trace.api or "")[:32],
-        model=(trace.model or "")[:200],
-        request_json=redact(trace.request_json),
-        response_json=redact(trace.response_json),
-        latency_ms=trace.latency_ms,
-        error_type=trace.error_type,
-        error_message=(trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,
-    )
+    return ProviderTrace(step=step, attempt=attempt, **_trace_values(step, trace))
 
 
 def provider_traces_record_many(*, items: Sequence[tuple[Step, ProviderTraceIn]]) -> list[ProviderTrace]:
     """Store first-attempt traces of freshly inserted steps in one insert (the bulk ingest path)."""
     return ProviderTrace.objects.bulk_create([provider_trace_build(step=step, trace=trace) for step, trace in items])
+
+
+PROVIDER_TRACE_COPY_COLUMNS = (
+    "organization_id", "step_id", "attempt", "provider", "api", "model", "request_json", "response_json",
+    "latency_ms", "error_type", "error_message", "created_at",
+)  # fmt: skip
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def provider_trace_copy_rows(*, items: Sequence[tuple[Step, ProviderTraceIn]], created_at: datetime) -> list[tuple]:
+    """First-attempt traces of fresh steps as rows for COPY (PROVIDER_TRACE_COPY_COLUMNS, JSON as text),
+    redacted exactly as provider_trace_build redacts."""
+    rows = []
+    for step, trace in items:
+        v = _trace_values(step, trace)
+        rows.append(
+            (
+                v["organization_id"], step.pk, 1, v["provider"], v["api"], v["model"], _json_text(v["request_json"]),
+                _json_text(v["response_json"]), v["latency_ms"], v["error_type"], v["error_message"], created_at,
+            )
+        )  # fmt: skip
+    return rows
 
 
 # --- OTLP ingest ----------------------------------------------------------------------------------------------------
@@ -94,3 +136,277 @@ def trace_ingest(*, organization: Organization, spans: Sequence["OtlpSpan"]) -> 
     from traces.ingest.writer import ingest_spans
 
     return ingest_spans(organization=organization, spans=spans)
+
+
+# --- OTLP ingest: durable staging -----------------------------------------------------------------------------------
+# POST /v1/traces stores the request body as one IngestBatch row and answers after the commit; workers on the
+# `ingest` queue map batches through trace_ingest's writer, several at a time in one transaction.
+
+_MAX_REASONS = 3
+_MAX_ERROR = 10_000
+
+
+class IngestOverloaded(ApplicationError):
+    """Too much accepted but not yet mapped: the client keeps its batch and retries after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message, extra=extra, status_code=503)
+        self.retry_after = retry_after
+
+
+@dataclass(slots=True)
+class BatchAccepted:
+    """An accepted export request: its batch, and the spans rejected (with reasons) when it was accepted.
+
+    `result` is set when the batch was also mapped before returning (embedded mode, eager tasks).
+    """
+
+    batch_id: int
+    span_count: int
+    rejected: int
+    message: str
+    result: IngestResult | None = None
+
+
+def rejection_message(rejected: int, reasons: dict[str, int], dropped: int = 0) -> str:
+    """The partial-success message: how many spans were rejected and the most common reasons."""
+    parts = []
+    if rejected:
+        top = sorted(reasons.items(), key=lambda item: -item[1])[:_MAX_REASONS]
+        parts.append(f"{rejected} span(s) rejected: " + "; ".join(f"{reason} ({n})" for reason, n in top))
+    if dropped:
+        parts.append(f"{dropped} message(s) with unusable content were skipped")
+    return ". ".join(parts)
+
+
+def ingest_backlog() -> tuple[int, int]:
+    """(batches, body bytes) accepted but not yet mapped: queued or processing."""
+    totals = IngestBatch.objects.filter(status__in=PENDING_BATCH_STATUSES).aggregate(n=Count("id"), b=Sum("body_bytes"))
+    return totals["n"] or 0, totals["b"] or 0
+
+
+def _check_backlog(incoming_bytes: int) -> None:
+    max_batches, max_bytes = settings.STEPLENS_OTLP_BACKLOG_MAX_BATCHES, settings.STEPLENS_OTLP_BACKLOG_MAX_BYTES
+    if not max_batches and not max_bytes:
+        return
+    batches, size = ingest_backlog()
+    if (max_batches and batches >= max_batches) or (max_bytes and size + incoming_bytes > max_bytes):
+        raise IngestOverloaded(
+            "Ingest backlog is full; retry later.",
+            retry_after=settings.STEPLENS_OTLP_RETRY_AFTER_SECONDS,
+            extra={"backlog_batches": batches, "backlog_bytes": size},
+        )
+
+
+def _decode(body: bytes, *, content_type: str, content_encoding: str) -> list["OtlpSpan"]:
+    from traces.ingest.decode import gunzip, parse_request, spans_from_request
+
+    if content_encoding == "gzip":
+        body = gunzip(body, limit=settings.STEPLENS_OTLP_MAX_BODY_BYTES)
+    return spans_from_request(parse_request(body, content_type=content_type))
+
+
+def trace_batch_accept(
+    *, organization: Organization, body: bytes, content_type: str, content_encoding: str = "identity"
+) -> BatchAccepted:
+    """Validate an OTLP export request cheaply and store it as one queued IngestBatch; mapping happens later.
+
+    Raises IngestOverloaded (503) when the backlog is over its limits, and the decode errors (400, 413) for a
+    malformed body; nothing is stored then. Spans with bad ids, times or token counts are reported as rejected
+    now. Returns after the batch is committed; a worker is asked to map it once the commit is done. With eager
+    tasks (embedded mode) the batch is mapped before this returns, so its steps are queryable.
+    """
+    from traces.ingest.decode import gunzip, parse_request, spans_for_precheck
+    from traces.ingest.mapping import PRECHECK_KEYS, SpanRejected, span_precheck
+
+    _check_backlog(len(body))
+    raw = gunzip(body, limit=settings.STEPLENS_OTLP_MAX_BODY_BYTES) if content_encoding == "gzip" else body
+    spans = spans_for_precheck(parse_request(raw, content_type=content_type), keys=PRECHECK_KEYS)
+    rejected, reasons = 0, defaultdict(int)
+    for span in spans:
+        try:
+            span_precheck(span)
+        except SpanRejected as exc:
+            rejected += 1
+            reasons[str(exc)] += 1
+    message = rejection_message(rejected, reasons)
+    with transaction.atomic():
+        batch = IngestBatch.objects.create(
+            organization=organization,
+            content_type=content_type,
+            content_encoding="gzip" if content_encoding == "gzip" else "identity",
+            body=body,
+            body_bytes=len(body),
+            span_count=len(spans),
+            rejected_at_accept=rejected,
+            error=message,
+        )
+        if not settings.CELERY_TASK_ALWAYS_EAGER:
+            _enqueue([batch.pk])
+    accepted = BatchAccepted(batch_id=batch.pk, span_count=len(spans), rejected=rejected, message=message)
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        # Embedded mode: no worker; map now, after the commit, exactly as a worker would. The batch is stored
+        # either way: a database hiccup here leaves it queued for the sweep, and the answer stays 2xx.
+        try:
+            trace_batches_process(batch_id=batch.pk, limit=1)
+        except _TRANSIENT:
+            logger.warning("Ingest batch %s stays queued: mapping it failed", batch.pk, exc_info=True)
+            return accepted
+        batch.refresh_from_db(fields=["status", "result", "error"])
+        if batch.status == IngestBatchStatus.DONE and batch.result:
+            accepted.result = IngestResult(**batch.result)
+    return accepted
+
+
+def _enqueue(batch_ids: Sequence[int]) -> None:
+    from traces.tasks import process_ingest_batches
+
+    for batch_id in batch_ids:
+        transaction.on_commit(lambda batch_id=batch_id: process_ingest_batches.delay(batch_id=batch_id))
+
+
+def _claim(batch_id: int | None, limit: int) -> list[int]:
+    """Mark up to `limit` queued batches (`batch_id` first) as processing, skipping ones another worker holds."""
+    with transaction.atomic():
+        queued = IngestBatch.objects.select_for_update(skip_locked=True).filter(
+            status=IngestBatchStatus.QUEUED, attempts__lt=settings.STEPLENS_OTLP_BATCH_MAX_ATTEMPTS
+        )
+        ids = list(queued.filter(pk=batch_id).values_list("pk", flat=True)) if batch_id is not None else []
+        if len(ids) < limit:
+            ids += list(queued.exclude(pk__in=ids).order_by("pk").values_list("pk", flat=True)[: limit - len(ids)])
+        if ids:
+            IngestBatch.objects.filter(pk__in=ids).update(
+                status=IngestBatchStatus.PROCESSING, attempts=F("attempts") + 1, claimed_at=timezone.now()
+            )
+    return ids
+
+
+def _finish(batch: IngestBatch, result: IngestResult) -> None:
+    IngestBatch.objects.filter(pk=batch.pk).update(
+        status=IngestBatchStatus.DONE,
+        body=b"",
+        result=asdict(result),
+        error=result.message[:_MAX_ERROR],
+        processed_at=timezone.now(),
+    )
+
+
+def _fail(batch_id: int, error: str) -> None:
+    IngestBatch.objects.filter(pk=batch_id).update(
+        status=IngestBatchStatus.FAILED, error=error[:_MAX_ERROR], processed_at=timezone.now()
+    )
+
+
+def _map_group(organization: Organization, batches: list[IngestBatch]) -> None:
+    """Map batches of one organization together; when that fails, each alone, so one bad batch fails alone."""
+    from traces.ingest.writer import ingest_span_groups
+
+    groups, mapped = [], []
+    for batch in batches:
+        try:
+            spans = _decode(bytes(batch.body), content_type=batch.content_type, content_encoding=batch.content_encoding)
+        except ApplicationError as exc:  # it decoded when accepted; a changed limit or a damaged row
+            _fail(batch.pk, exc.message)
+            continue
+        groups.append(spans)
+        mapped.append(batch)
+    if not mapped:
+        return
+    try:
+        with transaction.atomic():
+            results = ingest_span_groups(organization=organization, groups=groups)
+    except _TRANSIENT:
+        raise
+    except Exception as exc:
+        if len(mapped) == 1:
+            logger.exception("Ingest batch %s failed", mapped[0].pk)
+            _fail(mapped[0].pk, f"{type(exc).__name__}: {exc}")
+            return
+        for batch in mapped:
+            _map_group(organization, [batch])
+        return
+    for batch, result in zip(mapped, results, strict=True):
+        _finish(batch, result)
+
+
+def trace_batches_process(*, batch_id: int | None = None, limit: int | None = None) -> int:
+    """Claim queued batches (`batch_id` first, up to `limit`, default STEPLENS_OTLP_CLAIM_BATCHES) and map them
+    in one transaction; returns how many were claimed.
+
+    A batch that cannot be mapped (malformed after all, invalid content, a bug) ends failed with the reason and
+    its body kept. On a database error (connection, deadlock, a lost insert race) the claimed batches go back to
+    queued and the error propagates, for the task to retry; if this process dies instead, the sweep re-queues
+    them once their lease is over.
+    """
+    claimed = _claim(batch_id, limit or settings.STEPLENS_OTLP_CLAIM_BATCHES)
+    if not claimed:
+        return 0
+    try:
+        with transaction.atomic():
+            by_org: dict[str, list[IngestBatch]] = defaultdict(list)
+            for batch in IngestBatch.objects.select_related("organization").filter(pk__in=claimed).order_by("pk"):
+                by_org[batch.organization_id].append(batch)
+            for organization_id in sorted(by_org):
+                _map_group(by_org[organization_id][0].organization, by_org[organization_id])
+    except _TRANSIENT:
+        with contextlib.suppress(DatabaseError, InterfaceError):  # if the database is gone, the sweep does it
+            IngestBatch.objects.filter(pk__in=claimed, status=IngestBatchStatus.PROCESSING).update(
+                status=IngestBatchStatus.QUEUED
+            )
+        raise
+    return len(claimed)
+
+
+def trace_batches_sweep() -> dict[str, int]:
+    """Recover what lost tasks and killed workers left behind, and drop old finished batches.
+
+    Batches processing for longer than STEPLENS_OTLP_BATCH_LEASE_SECONDS go back to queued (or to failed after
+    STEPLENS_OTLP_BATCH_MAX_ATTEMPTS claims: a batch that keeps killing its worker); batches queued for longer than
+    STEPLENS_OTLP_REQUEUE_AFTER_SECONDS get a task again (the broker may have lost theirs); done batches older
+    than STEPLENS_OTLP_BATCH_RETENTION_HOURS are deleted. Safe to run at any time, from any number of places.
+    """
+    now = timezone.now()
+    max_attempts = settings.STEPLENS_OTLP_BATCH_MAX_ATTEMPTS
+    stale = Q(status=IngestBatchStatus.PROCESSING) & Q(
+        claimed_at__lt=now - timedelta(seconds=settings.STEPLENS_OTLP_BATCH_LEASE_SECONDS)
+    )
+    gave_up = IngestBatch.objects.filter(stale | Q(status=IngestBatchStatus.QUEUED), attempts__gte=max_attempts).update(
+        status=IngestBatchStatus.FAILED,
+        error=f"Gave up after {max_attempts} attempts: mapping it failed or its worker was lost each time.",
+        processed_at=now,
+    )
+    requeued = IngestBatch.objects.filter(stale, attempts__lt=max_attempts).update(status=IngestBatchStatus.QUEUED)
+    waiting = list(
+        IngestBatch.objects.filter(
+            Q(received_at__lt=now - timedelta(seconds=settings.STEPLENS_OTLP_REQUEUE_AFTER_SECONDS))
+            | Q(claimed_at__isnull=False),
+            status=IngestBatchStatus.QUEUED,
+            attempts__lt=max_attempts,
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    # One task claims up to STEPLENS_OTLP_CLAIM_BATCHES batches, so one task per that many is enough.
+    tasks = waiting[:: max(1, settings.STEPLENS_OTLP_CLAIM_BATCHES)]
+    with transaction.atomic():
+        _enqueue(tasks)
+    retention = now - timedelta(hours=settings.STEPLENS_OTLP_BATCH_RETENTION_HOURS)
+    purged, _ = IngestBatch.objects.filter(status=IngestBatchStatus.DONE, processed_at__lt=retention).delete()
+    return {"requeued": requeued, "failed": gave_up, "enqueued": len(tasks), "purged": purged}
+
+
+def trace_batches_retry(*, batch_ids: Sequence[int]) -> int:
+    """Queue failed batches again (an admin action, e.g. after a fix); returns how many were queued."""
+    with transaction.atomic():
+        ids = list(
+            IngestBatch.objects.filter(pk__in=batch_ids, status=IngestBatchStatus.FAILED)
+            .exclude(body=b"")
+            .values_list("pk", flat=True)
+        )
+        IngestBatch.objects.filter(pk__in=ids).update(status=IngestBatchStatus.QUEUED, attempts=0, claimed_at=None)
+        if not settings.CELERY_TASK_ALWAYS_EAGER:
+            _enqueue(ids)
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        for batch_id in ids:
+            trace_batches_process(batch_id=batch_id, limit=1)
+    return len(ids)

@@ -11,8 +11,8 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
 from config.errors import ApplicationError
-from traces.ingest.decode import JSON, PROTOBUF, encode_response, gunzip, parse_request, spans_from_request
-from traces.services import trace_ingest
+from traces.ingest.decode import JSON, PROTOBUF, encode_response
+from traces.services import IngestOverloaded, trace_batch_accept
 
 # google.rpc.Code values for the Status body OTLP/HTTP asks for on errors.
 _RPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 429: 8, 503: 14}
@@ -47,10 +47,12 @@ def _status(status: int, message: str, *, content_type: str = JSON, retry_after:
 class OtlpTracesApi(APIView):
     """Accept an OTLP ExportTraceServiceRequest and answer with an ExportTraceServiceResponse.
 
-    200 means every accepted span is committed to the database (partial_success carries the rejected count).
-    400 malformed body, 401 missing/invalid key, 413 body (or inflated body) over the limit, 415 content type
-    or encoding not supported, 503 with Retry-After when the server is saturated or the database is unavailable.
-    Nothing of a rejected request is written.
+    200 means the request is committed to the database as one IngestBatch (the durable ingest queue) and will
+    be mapped onto steps by a worker; partial_success carries the spans rejected at accept time (bad ids, times,
+    token counts); rejections found while mapping are recorded on the batch. 400 malformed body, 401 missing or
+    invalid key, 413 body (or inflated body) over the limit, 415 content type or encoding not supported, 503 with
+    Retry-After when the server is saturated, the backlog of unmapped batches is over its limit, or the database
+    is unavailable. Nothing of a rejected request is written.
     """
 
     def post(self, request: Request) -> HttpResponse:
@@ -75,10 +77,14 @@ class OtlpTracesApi(APIView):
         if not slots.acquire(blocking=False):
             return _status(503, "Ingest is saturated; retry later.", content_type=content_type, retry_after=1)
         try:
-            if encoding == "gzip":
-                body = gunzip(body, limit=limit)
-            spans = spans_from_request(parse_request(body, content_type=content_type))
-            result = trace_ingest(organization=request_organization(request), spans=spans)
+            accepted = trace_batch_accept(
+                organization=request_organization(request),
+                body=body,
+                content_type=content_type,
+                content_encoding="gzip" if encoding == "gzip" else "identity",
+            )
+        except IngestOverloaded as exc:
+            return _status(503, exc.message, content_type=content_type, retry_after=exc.retry_after)
         except ApplicationError as exc:
             return _status(exc.status_code, exc.message, content_type=content_type)
         except OperationalError:
@@ -86,8 +92,10 @@ class OtlpTracesApi(APIView):
             return _status(503, "Storage unavailable; retry later.", content_type=content_type, retry_after=5)
         finally:
             slots.release()
+        # Mapped already (embedded mode): report what mapping found; else what the accept-time checks found.
+        outcome = accepted.result or accepted
         return HttpResponse(
-            encode_response(rejected=result.rejected, message=result.message, content_type=content_type),
+            encode_response(rejected=outcome.rejected, message=outcome.message, content_type=content_type),
             status=200,
             content_type=content_type,
         )

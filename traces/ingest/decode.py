@@ -191,6 +191,31 @@ def spans_from_request(request: ExportTraceServiceRequest) -> list[OtlpSpan]:
     return out
 
 
+def spans_for_precheck(request: ExportTraceServiceRequest, *, keys: frozenset[str]) -> list[OtlpSpan]:
+    """Like spans_from_request, but each span carries only the attributes named in `keys` and no events.
+
+    Enough for the accept-time checks (ids, times, kind, token counts) at a fraction of the cost: the large
+    attribute values (messages) are never converted.
+    """
+    out: list[OtlpSpan] = []
+    for resource_spans in request.resource_spans:
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                out.append(
+                    OtlpSpan(
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_span_id="",
+                        name=span.name,
+                        kind=span.kind,
+                        start_ns=span.start_time_unix_nano,
+                        end_ns=span.end_time_unix_nano,
+                        attributes={kv.key: any_value(kv.value) for kv in span.attributes if kv.key in keys},
+                    )
+                )
+    return out
+
+
 def encode_response(*, rejected: int, message: str, content_type: str) -> bytes:
     """An ExportTraceServiceResponse (partial_success only when something was rejected or there is a message)."""
     response = ExportTraceServiceResponse()

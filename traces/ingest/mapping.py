@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
 from steps.content import MessageIn, validate_message
 from steps.usage import Usage
 from traces.ingest.decode import OtlpSpan
@@ -62,6 +65,7 @@ _OI_MESSAGE = re.compile(r"^llm\.(input|output)_messages\.(\d+)\.message\.(.+)$"
 _LEGACY_MESSAGE = re.compile(r"^gen_ai\.(prompt|completion)\.(\d+)\.(.+)$")
 _MAX_STORED_TEXT = 100_000
 _IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp"}
+_MESSAGES: TypeAdapter[list[MessageIn]] = TypeAdapter(list[MessageIn])
 
 
 class SpanRejected(Exception):
@@ -355,15 +359,23 @@ def _structured(value: Any) -> list[dict[str, Any]]:
 
 
 def _validated(raw: list[dict[str, Any]]) -> tuple[list[MessageIn], int]:
-    """Messages that pass Steplens validation, and how many were dropped."""
+    """Messages that pass Steplens validation, and how many were dropped.
+
+    The content is external, so it is validated; all of a span's messages in one pass, and one by one only when
+    that pass fails (to keep the good ones).
+    """
+    converted = [m for m in (_semconv_message(item) for item in raw) if m is not None]
+    if not converted:
+        return [], 0
+    try:
+        return _MESSAGES.validate_python(converted), 0
+    except PydanticValidationError:
+        pass
     out: list[MessageIn] = []
     dropped = 0
-    for item in raw:
-        converted = _semconv_message(item)
-        if converted is None:
-            continue
+    for message in converted:
         try:
-            out.append(validate_message(converted))
+            out.append(validate_message(message))
         except Exception:  # one bad message must not cost the step its usage
             dropped += 1
     return out, dropped
@@ -412,10 +424,8 @@ def _check_span(span: OtlpSpan) -> None:
         raise SpanRejected("span ends before it starts")
 
 
-def llm_call(span: OtlpSpan) -> LlmCall:
-    """Read an LLM span; raises SpanRejected when it cannot become a step."""
-    _check_span(span)
-    attrs = span.attributes
+def _usage(attrs: dict[str, Any]) -> Usage:
+    """Token usage of an LLM span; raises SpanRejected for a count that is not a non-negative int32."""
     prompt = _count(attrs, "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt")
     completion = _count(
         attrs, "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion"
@@ -442,13 +452,51 @@ def llm_call(span: OtlpSpan) -> LlmCall:
     # report them beside it. When the parts exceed the whole, the whole left them out.
     if prompt is not None and (cache_read or 0) + (cache_write or 0) > prompt:
         prompt += (cache_read or 0) + (cache_write or 0)
-    usage = Usage(
+    return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         cached_input_tokens=cache_read,
         cache_write_tokens=cache_write,
         reasoning_tokens=reasoning,
     )
+
+
+# The attributes span_precheck reads: the span kind and the token counts.
+PRECHECK_KEYS = frozenset(
+    {
+        "gen_ai.operation.name", "openinference.span.kind", "llm.request.type",
+        "gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens", "llm.token_count.prompt",
+        "gen_ai.usage.output_tokens", "gen_ai.usage.completion_tokens", "llm.token_count.completion",
+        "gen_ai.usage.cache_read.input_tokens", "gen_ai.usage.cache_read_input_tokens",
+        "llm.token_count.prompt_details.cache_read", "gen_ai.usage.cache_creation.input_tokens",
+        "gen_ai.usage.cache_creation_input_tokens", "llm.token_count.prompt_details.cache_write",
+        "gen_ai.usage.reasoning.output_tokens", "gen_ai.usage.reasoning_tokens",
+        "llm.token_count.completion_details.reasoning",
+    }
+)  # fmt: skip
+
+
+def span_precheck(span: OtlpSpan) -> None:
+    """What can be rejected cheaply when a request is accepted (ids, times, token counts); raises SpanRejected.
+
+    The same checks run again when the batch is mapped, so the rejections reported at accept time are the ones
+    mapping makes for these reasons.
+    """
+    kind = span_kind(span)
+    if kind is None:
+        if not span.ids_valid:
+            raise SpanRejected("span has an invalid trace_id or span_id")
+        return
+    _check_span(span)
+    if kind == "llm":
+        _usage(span.attributes)
+
+
+def llm_call(span: OtlpSpan) -> LlmCall:
+    """Read an LLM span; raises SpanRejected when it cannot become a step."""
+    _check_span(span)
+    attrs = span.attributes
+    usage = _usage(attrs)
     raw_in, raw_out = _messages(span)
     input_messages, dropped_in = _validated(raw_in)
     output_messages, dropped_out = _validated(raw_out)

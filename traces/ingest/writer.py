@@ -60,13 +60,15 @@ def _classify(
     return calls, agents, tools, rejected, reasons
 
 
-def _agent_of_call(call: LlmCall, spans_by_id: dict[str, OtlpSpan], agent_keys: set[tuple[str, str]]) -> str | None:
+def _agent_of_call(
+    call: LlmCall, spans_by_id: dict[tuple[str, str], OtlpSpan], agent_keys: set[tuple[str, str]]
+) -> str | None:
     """The span id of the nearest invoke_agent ancestor of `call` within this request, if any."""
     parent, hops = call.span.parent_span_id, 0
     while parent and hops < 64:
         if (call.span.trace_id, parent) in agent_keys:
             return parent
-        parent_span = spans_by_id.get(parent)
+        parent_span = spans_by_id.get((call.span.trace_id, parent))
         parent = parent_span.parent_span_id if parent_span is not None else ""
         hops += 1
     return None
@@ -336,11 +338,37 @@ def _message(rejected: int, reasons: dict[str, int], dropped: int) -> str:
     return ". ".join(parts)
 
 
-@transaction.atomic
 def ingest_spans(*, organization: Organization, spans: Sequence[OtlpSpan]) -> IngestResult:
     """See traces.services.trace_ingest."""
-    calls, agents, tools, rejected, reasons = _classify(spans)
-    spans_by_id = {span.span_id: span for span in spans}
+    return ingest_span_groups(organization=organization, groups=[spans])[0]
+
+
+@transaction.atomic
+def ingest_span_groups(*, organization: Organization, groups: Sequence[Sequence[OtlpSpan]]) -> list[IngestResult]:
+    """Map several export requests (staged batches) of one organization in one transaction, as if they were one
+    request; returns each group's own result. A span repeated across groups is mapped once."""
+    calls: list[LlmCall] = []
+    agents: list[AgentInvocation] = []
+    tools: list[ToolExecution] = []
+    group_of: dict[tuple[str, str], int] = {}
+    counts: list[tuple[int, int, dict[str, int]]] = []
+    seen: set[tuple[str, str]] = set()
+    for index, spans in enumerate(groups):
+        fresh = []
+        for span in spans:
+            key = (span.trace_id, span.span_id)
+            if span.ids_valid and key in seen:
+                continue
+            seen.add(key)
+            fresh.append(span)
+            group_of.setdefault(key, index)
+        group_calls, group_agents, group_tools, rejected, reasons = _classify(fresh)
+        calls += group_calls
+        agents += group_agents
+        tools += group_tools
+        counts.append((len(spans), rejected, reasons))
+
+    spans_by_id = {(span.trace_id, span.span_id): span for spans in groups for span in spans}
     agent_keys = {(a.span.trace_id, a.span.span_id) for a in agents}
     agent_of_call: dict[str, str] = {}
     first_chunk_at: dict[tuple[str, str], int] = {}
@@ -369,11 +397,23 @@ def ingest_spans(*, organization: Organization, spans: Sequence[OtlpSpan]) -> In
     _adopt_orphans(organization, new_runs, {step.pk for step in inserted})
     if unmatched_tools:
         _tool_leftovers(organization, unmatched_tools)
-    dropped = sum(call.dropped_messages for call in calls)
-    return IngestResult(
-        accepted=len(spans) - rejected,
-        rejected=rejected,
-        message=_message(rejected, reasons, dropped),
-        steps_created=len(inserted),
-        runs_created=len(new_runs),
-    )
+
+    steps_created = [0] * len(groups)
+    for step in inserted:
+        steps_created[group_of.get((step.trace_id, step.span_id), 0)] += 1
+    runs_created = [0] * len(groups)
+    for run in new_runs:
+        runs_created[group_of.get((run.trace_id, run.span_id), 0)] += 1
+    dropped = [0] * len(groups)
+    for call in calls:
+        dropped[group_of.get((call.span.trace_id, call.span.span_id), 0)] += call.dropped_messages
+    return [
+        IngestResult(
+            accepted=total - rejected,
+            rejected=rejected,
+            message=_message(rejected, reasons, dropped[index]),
+            steps_created=steps_created[index],
+            runs_created=runs_created[index],
+        )
+        for index, (total, rejected, reasons) in enumerate(counts)
+    ]
