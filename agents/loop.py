@@ -498,38 +498,39 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
     max_attempts = settings.STEPLENS_LLM_MAX_ATTEMPTS
     for attempt in range(1, max_attempts + 1):
         step_start_ns = time.time_ns()
-        step = step_start(
-            organization=run.organization,
-            agent=agent,
-            run=run,
-            step_number=step_number,
-            attempt=attempt,
-            provider_name=adapter.provider_name,
-            provider_category="base",
-            model=request.model,
-            model_handle=_stand_in_handle(adapter) or agent.model_handle,
-            model_endpoint=getattr(adapter, "endpoint", None),
-            metadata={"scripted_scenario": adapter.scenario.name} if hasattr(adapter, "scenario") else None,
-            context_window_limit=agent.context_window,
-            tags=agent.tags or [],
-        )
-        otid = f"otid-{uuid.uuid4()}"
-        with telemetry.chat_span(step=step, run=run, agent=agent, provider=adapter.provider_name,
+        with telemetry.chat_span(run=run, agent=agent, provider=adapter.provider_name,
                                  request_model=request.model, messages=request.messages) as chat:  # fmt: skip
             trace_id, span_id = telemetry.current_trace_ids()
-            if trace_id:
-                Step.objects.filter(pk=step.pk).update(trace_id=trace_id, span_id=span_id)
+            step = step_start(
+                organization=run.organization,
+                agent=agent,
+                run=run,
+                step_number=step_number,
+                attempt=attempt,
+                provider_name=adapter.provider_name,
+                provider_category="base",
+                model=request.model,
+                model_handle=_stand_in_handle(adapter) or agent.model_handle,
+                model_endpoint=getattr(adapter, "endpoint", None),
+                metadata={"scripted_scenario": adapter.scenario.name} if hasattr(adapter, "scenario") else None,
+                context_window_limit=agent.context_window,
+                tags=agent.tags or [],
+                trace_id=trace_id,
+                span_id=span_id,
+            )
+            chat.bind_step(step)
+            otid = f"otid-{uuid.uuid4()}"
 
             call_start = time.time_ns()
 
             def on_chunk(chunk: StreamChunk, _step=step, _chat=chat, _otid=otid, _start=call_start) -> None:
+                publish.chunk(chunk, step_id=_step.pk, otid=_otid)  # the client first, then the bookkeeping
                 if _step.progression < StepProgression.STREAM_RECEIVED:
-                    step_progress(step=_step, progression=StepProgression.STREAM_RECEIVED)
                     now = time.time_ns()
+                    step_progress(step=_step, progression=StepProgression.STREAM_RECEIVED)
                     _chat.first_chunk(now - _start)
                     if state.first_chunk_ns is None:
                         state.first_chunk_ns = now
-                publish.chunk(chunk, step_id=_step.pk, otid=_otid)
 
             call = _call_provider(adapter=adapter, request=request, cancel=cancel, on_chunk=on_chunk)
             metrics = StepMetricsIn(
@@ -573,7 +574,8 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
                 continue
 
             result = call.result
-            step_progress(step=step, progression=StepProgression.RESPONSE_RECEIVED)
+            if result.tool_calls:  # tools may take a while: a crash meanwhile should show the response came
+                step_progress(step=step, progression=StepProgression.RESPONSE_RECEIVED)
             chat.finish(result=result)
             messages = [_assistant_message(result, otid)]
             stop_reason = None

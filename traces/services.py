@@ -57,7 +57,13 @@ def provider_trace_record(*, step: Step, trace: ProviderTraceIn, attempt: int = 
         "error_type": trace.error_type,
         "error_message": (trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,
     }
-    provider_trace, _ = ProviderTrace.objects.update_or_create(step=step, attempt=attempt, defaults=values)
+    # One upsert statement: a retried write replaces the attempt's trace instead of reading first.
+    (provider_trace,) = ProviderTrace.objects.bulk_create(
+        [ProviderTrace(step=step, attempt=attempt, **values)],
+        update_conflicts=True,
+        unique_fields=["step", "attempt"],
+        update_fields=list(values),
+    )
     return provider_trace
 
 
