@@ -15,7 +15,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
 from django.db import connection
 
 from accounts.services import api_key_create
