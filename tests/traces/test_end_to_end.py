@@ -82,7 +82,8 @@ def test_one_trace_from_the_http_request_through_the_worker_to_every_step(
     env = _env(otlp_http_receiver.endpoint, redis_url)
     port = _free_port()
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+        [sys.executable, "-m", "gunicorn", "config.wsgi", "-w", "1", "-b", f"127.0.0.1:{port}",
+         "--log-level", "warning"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     worker = subprocess.Popen(
