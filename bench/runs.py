@@ -42,6 +42,10 @@ def _setup(database_url: str, broker_url: str) -> None:
     call_command("migrate", verbosity=0)
 
 
+def _user(text: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": text}]}]
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -113,7 +117,7 @@ def throughput(organization, runs: int, workers: int) -> float:
             ],
             cwd=ROOT,
             env={**os.environ, "OTEL_SDK_DISABLED": "true"},
-        )  # fmt: skip
+        )
         for i in range(workers)
     ]
     try:
@@ -121,8 +125,7 @@ def throughput(organization, runs: int, workers: int) -> float:
         warm = []
         for _ in range(workers * 2):
             with transaction.atomic():
-                run = run_start(organization=organization, agent=agent, request_id="req-warm",
-                                messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}])  # fmt: skip
+                run = run_start(organization=organization, agent=agent, request_id="req-warm", messages=_user("hi"))
                 run_enqueue(run=run)
             warm.append(run.pk)
         while Run.objects.filter(pk__in=warm, status=RunStatus.COMPLETED).count() < len(warm):
@@ -131,8 +134,9 @@ def throughput(organization, runs: int, workers: int) -> float:
         ids = []
         for index in range(runs):
             with transaction.atomic():
-                run = run_start(organization=organization, agent=agent, request_id=f"req-tp-{index}",
-                                messages=[{"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]}])  # fmt: skip
+                run = run_start(
+                    organization=organization, agent=agent, request_id=f"req-tp-{index}", messages=_user("Weather?")
+                )
                 run_enqueue(run=run)
             ids.append(run.pk)
         while Run.objects.filter(pk__in=ids, status__in=[RunStatus.COMPLETED, RunStatus.FAILED]).count() < runs:

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from accounts.models import Organization, Project
 from agents.models import Agent, Run, StopReason
+from steps.histograms import BUCKETS
 
 
 def new_step_id() -> str:
@@ -105,16 +106,29 @@ class Step(models.Model):
     progression = models.PositiveSmallIntegerField(choices=StepProgression.choices, default=StepProgression.START)
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # Copied from StepMetrics by the write path, so list filters and reports need no join.
+    ttft_ns = models.BigIntegerField(null=True, blank=True, help_text="Time to first token (from StepMetrics).")
+    latency_ns = models.BigIntegerField(
+        null=True, blank=True, help_text="LLM request duration, or the whole step's when unknown (from StepMetrics)."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["organization", "created_at", "id"], name="step_org_created"),
-            models.Index(fields=["agent", "created_at"], name="step_agent_created"),
+            models.Index(fields=["agent", "created_at", "id"], name="step_agent_created_id"),
             models.Index(fields=["request_id"], name="step_request_id"),
             models.Index(fields=["trace_id"], name="step_trace_id"),
             models.Index(fields=["status", "created_at"], name="step_status_created"),
             models.Index(fields=["error_type"], name="step_error_type", condition=Q(error_type__isnull=False)),
+            # The errors report reads only this index (index-only scan on PostgreSQL).
+            models.Index(
+                fields=["organization", "created_at"],
+                include=["error_type", "provider_name", "model", "agent", "status", "id"],
+                condition=Q(error_type__isnull=False),
+                name="step_org_errors",
+            ),
+            models.Index(fields=["run", "created_at", "id"], name="step_run_created_id"),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -191,3 +205,66 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.id}"
+
+
+class StepRollup(models.Model):
+    """Ended steps summed per time bucket and dimension; maintained by the write path (steps.rollups).
+
+    Dimensions are never NULL ('' means none) so one unique key serves the upsert on every database.
+    Counts and sums are exact; latency and TTFT are log-scale histograms (steps.histograms).
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
+    bucket = models.DateTimeField(help_text="Start of the hour (or day), UTC.")
+    project_id = models.CharField(max_length=64, blank=True, default="")
+    agent_id = models.CharField(max_length=64, blank=True, default="")
+    provider_name = models.CharField(max_length=64, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    model_handle = models.CharField(max_length=256, blank=True, default="")
+
+    steps = models.BigIntegerField(default=0)
+    error_steps = models.BigIntegerField(default=0, help_text="Steps with status failed.")
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    total_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    cache_write_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.bucket:%Y-%m-%d %H:00} {self.model_handle or self.model} {self.agent_id}"
+
+
+# One column per histogram bucket: summing columns is what keeps a 30-day report in milliseconds.
+for _index in range(BUCKETS):
+    StepRollup.add_to_class(f"latency_h{_index:02d}", models.IntegerField(default=0))
+for _index in range(BUCKETS):
+    StepRollup.add_to_class(f"ttft_h{_index:02d}", models.IntegerField(default=0))
+
+ROLLUP_DIMENSIONS = ("project_id", "agent_id", "provider_name", "model", "model_handle")
+
+
+class StepRollupHour(StepRollup):
+    """Ended steps per UTC hour and dimension."""
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "bucket", *ROLLUP_DIMENSIONS], name="step_rollup_hour_unique"
+            )
+        ]
+
+
+class StepRollupDay(StepRollup):
+    """Ended steps per UTC day and dimension (the hourly rollup summed; read for long ranges)."""
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "bucket", *ROLLUP_DIMENSIONS], name="step_rollup_day_unique"
+            )
+        ]

@@ -4,24 +4,50 @@ The agent loop and the OTLP ingest both record through these functions. Each is 
 or failing a step twice (a retried task, a re-sent span) changes nothing the second time.
 """
 
+import json
 import traceback as traceback_module
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from decimal import Decimal
+from enum import Enum
 from typing import Any
 
-from django.db import transaction
-from django.db.models import F, Max
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Case, F, Max, Value, When
+from django.db.models.base import ModelState
 from django.utils import timezone
+from pydantic import TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
 
 from accounts.models import Organization, Project
 from agents.models import Agent, Run, StopReason
 from config.errors import ApplicationError, NotFound
 from steps.content import MessageIn, validate_message
 from steps.costs import step_cost
-from steps.models import Feedback, Message, Step, StepMetrics, StepOrigin, StepProgression, StepStatus
+from steps.models import (
+    ROLLUP_DIMENSIONS,
+    Feedback,
+    Message,
+    Step,
+    StepMetrics,
+    StepOrigin,
+    StepProgression,
+    StepRollupDay,
+    StepRollupHour,
+    StepStatus,
+    new_message_id,
+)
+from steps.rollups import step_rollup_add
 from steps.usage import Usage
-from traces.services import ProviderTraceIn, provider_trace_record
+from traces.models import ProviderTrace
+from traces.services import (
+    PROVIDER_TRACE_COPY_COLUMNS,
+    ProviderTraceIn,
+    provider_trace_copy_rows,
+    provider_trace_record,
+    provider_traces_record_many,
+)
 
 _FINAL = {StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.CANCELLED}
 
@@ -148,26 +174,50 @@ def _apply_usage(step: Step, usage: Usage) -> None:
     step.cost_usd, step.cost_detail = cost.usd, cost.detail
 
 
+_METRIC_FIELDS = [f.name for f in fields(StepMetricsIn)]
+
+
+def _set_timings(step: Step, metrics: StepMetricsIn | None) -> None:
+    # Denormalized onto the step for the list filters and the reports (steps.filters, steps.reports).
+    if metrics is not None:
+        step.ttft_ns = metrics.ttft_ns
+        step.latency_ns = metrics.llm_request_ns if metrics.llm_request_ns is not None else metrics.step_ns
+
+
 def _save_metrics(step: Step, metrics: StepMetricsIn | None) -> None:
     if metrics is None:
         return
-    values = {f.name: getattr(metrics, f.name) for f in fields(metrics)}
-    StepMetrics.objects.update_or_create(step=step, defaults=values)
+    row = StepMetrics(step=step, **{name: getattr(metrics, name) for name in _METRIC_FIELDS})
+    # One statement whether or not a row exists (an upsert, not a read then a write).
+    StepMetrics.objects.bulk_create([row], update_conflicts=True, unique_fields=["step"], update_fields=_METRIC_FIELDS)
 
 
 def _record_outcome(
     step: Step, *, metrics: StepMetricsIn | None, provider_trace: ProviderTraceIn | None, messages: list[MessageIn]
 ) -> None:
-    """What finishing and failing share: metrics, provider trace, messages and the run's step count."""
+    """What finishing and failing share: metrics, rollups, provider trace, messages and the run's step count."""
     _save_metrics(step, metrics)
+    step_rollup_add(step=step)  # usage/errors rollups (steps.rollups); once per step, as it ends
     if provider_trace is not None:
         provider_trace_record(step=step, trace=provider_trace, attempt=step.attempt)
+    last_sequence = _run_count_step(step) if step.run_id is not None else None
     if messages:
         _messages_insert(
-            organization_id=step.organization_id, messages=messages, run=step.run, step=step, agent=step.agent
+            organization_id=step.organization_id, messages=messages, run=step.run, step=step, agent=step.agent,
+            last_sequence=last_sequence,
+        )  # fmt: skip
+
+
+def _run_count_step(step: Step) -> int:
+    """Count the step on its run and return the run's last message sequence id, in one locking statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Run._meta.db_table} SET step_count = step_count + 1 WHERE id = %s "
+            f"RETURNING (SELECT MAX(sequence_id) FROM {Message._meta.db_table} WHERE run_id = %s)",
+            [step.run_id, step.run_id],
         )
-    if step.run_id is not None:
-        Run.objects.filter(pk=step.run_id).update(step_count=F("step_count") + 1)
+        row = cursor.fetchone()
+    return (row[0] if row else None) or 0
 
 
 @transaction.atomic
@@ -207,6 +257,7 @@ def step_finish(
     step.completed_at = completed_at or timezone.now()
     step.error_type = None
     step.error_data = None
+    _set_timings(step, metrics)
     step.save()
 
     _record_outcome(step, metrics=metrics, provider_trace=provider_trace, messages=validated)
@@ -258,6 +309,7 @@ def step_fail(
     step.completed_at = completed_at or timezone.now()
     if usage is not None:  # a stream that broke after the provider reported usage still cost money
         _apply_usage(step, usage)
+    _set_timings(step, metrics)
     step.save()
     _record_outcome(step, metrics=metrics, provider_trace=provider_trace, messages=validated)
     return step
@@ -278,11 +330,23 @@ def _messages_insert(
     run: Run | None,
     step: Step | None,
     agent: Agent | None,
+    last_sequence: int | None = None,
 ) -> list[Message]:
     # Sequence ids are allocated under a lock on the run (or step) row, so concurrent writers never collide.
-    if run is not None:
-        Run.objects.select_for_update().filter(pk=run.pk).exists()
-        last = Message.objects.filter(run=run).aggregate(m=Max("sequence_id"))["m"] or 0
+    # `last_sequence` is given by a caller that already holds the run's row lock (see _run_count_step).
+    if last_sequence is not None:
+        last = last_sequence
+    elif run is not None:
+        with connection.cursor() as cursor:
+            # SQLite has no FOR UPDATE; its write transactions (IMMEDIATE) lock the database instead.
+            lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+            cursor.execute(
+                f"SELECT (SELECT MAX(sequence_id) FROM {Message._meta.db_table} WHERE run_id = %s) "
+                f"FROM {Run._meta.db_table} WHERE id = %s{lock}",
+                [run.pk, run.pk],
+            )
+            row = cursor.fetchone()
+        last = (row[0] if row else None) or 0
     elif step is not None:
         last = Message.objects.filter(step=step).aggregate(m=Max("sequence_id"))["m"] or 0
     else:
@@ -369,3 +433,379 @@ def steps_fail_stale(*, older_than: timedelta) -> int:
         )
         failed += ended.error_type == "worker_lost"
     return failed
+
+
+# --- bulk recording (OTLP ingest) ---------------------------------------------------------------------------------
+# The per-step functions above cost several queries per step; an ingest batch of hundreds of spans records its
+# finished steps here in a constant number of queries, with the same validation, usage, cost, metrics, messages,
+# provider-trace redaction and rollups.
+
+
+@dataclass(slots=True)
+class StepRecord:
+    """A step that already ended (e.g. an ingested span), recorded in one go by `steps_record_many`.
+
+    `error_type` set means the step failed (`error_message`, `traceback`, `error_details` go to error_data).
+    """
+
+    trace_id: str
+    span_id: str
+    usage: Usage
+    created_at: datetime
+    completed_at: datetime
+    agent: Agent | None = None
+    run: Run | None = None
+    project: Project | None = None
+    origin: str = StepOrigin.OTLP
+    provider_name: str | None = None
+    model: str | None = None
+    model_handle: str | None = None
+    model_endpoint: str | None = None
+    request_id: str | None = None
+    user_id: str | None = None
+    conversation_id: str | None = None
+    tags: Sequence[str] = ()
+    metadata: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    stop_reason: str | None = None
+    response_id: str | None = None
+    metrics: StepMetricsIn | None = None
+    messages: Sequence[MessageIn | dict[str, Any]] = ()
+    provider_trace: ProviderTraceIn | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+    error_details: dict[str, Any] | None = None
+
+
+def _field_defaults(model: type) -> tuple[dict[str, Any], list[Any]]:
+    static, per_instance = {}, []
+    for f in model._meta.concrete_fields:
+        if f.has_default() and callable(f.default):
+            per_instance.append(f)
+        else:
+            static[f.attname] = f.get_default()
+    return static, per_instance
+
+
+_STEP_STATIC_DEFAULTS, _STEP_CALLABLE_DEFAULTS = _field_defaults(Step)
+
+
+def _new_step(**values: Any) -> Step:
+    """An unsaved Step from attnames (`agent_id`, not `agent`), for the bulk path.
+
+    The same instance `Step(**values)` gives, built without Model.__init__ (~0.1 ms per step, too much for ingest
+    batches): every field gets its default, then the values.
+    """
+    step = Step.__new__(Step)
+    step._state = ModelState()
+    state = step.__dict__
+    state.update(_STEP_STATIC_DEFAULTS)
+    for f in _STEP_CALLABLE_DEFAULTS:
+        if f.attname not in values:
+            state[f.attname] = f.get_default()
+    state.update(values)
+    return step
+
+
+def _step_from_record(organization: Organization, record: StepRecord) -> Step:
+    run, agent = record.run, record.agent
+    if run is not None and agent is None:
+        agent_id = run.agent_id
+        agent_project_id = run.agent.project_id if run.agent_id else None
+    else:
+        agent_id = agent.pk if agent is not None else None
+        agent_project_id = agent.project_id if agent is not None else None
+    failed = record.error_type is not None
+    reported = record.usage.prompt_tokens is not None or record.usage.completion_tokens is not None
+    step = _new_step(
+        organization_id=organization.pk,
+        agent_id=agent_id,
+        run_id=run.pk if run is not None else None,
+        project_id=(record.project.pk if record.project else None)
+        or (run.project_id if run else None)
+        or agent_project_id,
+        origin=record.origin,
+        provider_name=record.provider_name,
+        model=record.model,
+        model_handle=record.model_handle,
+        model_endpoint=record.model_endpoint,
+        request_id=record.request_id if record.request_id is not None else (run.request_id if run else None),
+        trace_id=record.trace_id,
+        span_id=record.span_id,
+        user_id=record.user_id if record.user_id is not None else (run.user_id if run else None),
+        conversation_id=(
+            record.conversation_id if record.conversation_id is not None else (run.conversation_id if run else None)
+        ),
+        tags=sorted(set(record.tags)),
+        metadata=record.metadata or {},
+        created_at=record.created_at,
+        completed_at=record.completed_at,
+        finish_reason=None if failed else record.finish_reason,
+        stop_reason=(record.stop_reason or StopReason.ERROR) if failed else record.stop_reason,
+        response_id=record.response_id,
+        status=StepStatus.FAILED if failed else StepStatus.SUCCESS,
+        # A failed call keeps the progression it reached: a response with usage arrived, or nothing did.
+        progression=(
+            (StepProgression.RESPONSE_RECEIVED if reported else StepProgression.START)
+            if failed
+            else StepProgression.FINISHED
+        ),
+    )
+    _apply_usage(step, record.usage)
+    if failed:
+        step.error_type = record.error_type
+        message = record.error_message or record.error_type
+        step.error_data = error_data_from(message=message, details=record.error_details)
+        step.error_data["traceback"] = record.traceback
+    if record.metrics is not None:
+        step.ttft_ns = record.metrics.ttft_ns
+        step.latency_ns = (
+            record.metrics.llm_request_ns if record.metrics.llm_request_ns is not None else record.metrics.step_ns
+        )
+    return step
+
+
+def _rollups_add_many(steps: Sequence[Step]) -> None:
+    """Add ended steps to the hour/day rollups: summed per row first, one multi-row upsert per table, in key order.
+
+    The fixed order keeps concurrent ingest transactions from deadlocking on the same rollup rows.
+    """
+    from steps import rollups
+
+    # Each step's measures once (rollups._measures, ~110 columns), reduced to the non-zero ones to sum.
+    measured = [
+        (step, rollups._dimensions(step), [(k, v) for k, v in rollups._measures(step).items() if v]) for step in steps
+    ]
+    zero = dict.fromkeys(rollups.MEASURE_COLUMNS, 0)
+    zero["cost_usd"] = Decimal(0)
+    for model, bucket_of_step in ((StepRollupHour, rollups.hour_of), (StepRollupDay, rollups.day_of)):
+        sql, columns = rollups._upsert_sql(model)
+        grouped: dict[tuple, dict[str, Any]] = {}
+        for step, dims, measures in measured:
+            key = (step.organization_id, bucket_of_step(step.created_at), *(dims[d] for d in ROLLUP_DIMENSIONS))
+            row = grouped.get(key)
+            if row is None:
+                row = grouped[key] = {**dims, **zero, "organization_id": step.organization_id, "bucket": key[1]}
+            for name, value in measures:
+                row[name] += value
+        rows = [grouped[key] for key in sorted(grouped, key=lambda k: tuple(str(part) for part in k))]
+        if rows:
+            with connection.cursor() as cursor:
+                cursor.execute(*_rollup_upsert(model, columns, sql, rows))
+
+
+def _rollup_upsert(model: type, columns: list[str], sql: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """One upsert statement for all `rows` (distinct keys, in key order), rows passed as one JSON parameter.
+
+    The statement text is the same for any number of rows, so neither the client nor the server parses a new
+    query per batch (the rows are ~110 columns each).
+    """
+    ops = connection.ops
+    values_sql, _, conflict_sql = sql.partition(" ON CONFLICT ")
+    head = values_sql.partition(" VALUES ")[0]
+    if connection.vendor != "postgresql":
+        one = values_sql.partition(" VALUES ")[2]
+        params = []
+        for row in rows:
+            row = {
+                **row,
+                "bucket": ops.adapt_datetimefield_value(row["bucket"]),
+                "cost_usd": ops.adapt_decimalfield_value(row["cost_usd"], 24, 10),
+            }
+            params.extend(row[c] for c in columns)
+        return f"{head} VALUES {', '.join([one] * len(rows))} ON CONFLICT {conflict_sql}", params
+    qn = ops.quote_name
+    types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
+    record = ", ".join(f"{qn(c)} {types[c]}" for c in columns)
+    select = ", ".join(f"r.{qn(c)}" for c in columns)
+    document = [{**row, "bucket": row["bucket"].isoformat(), "cost_usd": str(row["cost_usd"])} for row in rows]
+    return (
+        f"{head} SELECT {select} FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({record})) "
+        f"WITH ORDINALITY AS r({', '.join(qn(c) for c in columns)}, ord) ORDER BY r.ord ON CONFLICT {conflict_sql}",
+        [json.dumps(document)],
+    )
+
+
+_METRIC_FIELDS = tuple(f.name for f in fields(StepMetricsIn))
+_MESSAGE_COLUMNS = (
+    "id", "organization_id", "agent_id", "run_id", "step_id", "role", "content", "name", "tool_calls",
+    "tool_call_id", "tool_returns", "otid", "is_err", "sequence_id", "created_at",
+)  # fmt: skip
+_JSON_MESSAGE_COLUMNS = {"content", "tool_calls", "tool_returns"}
+_message_list_adapter: TypeAdapter[list[MessageIn]] = TypeAdapter(list[MessageIn])
+
+
+def _validate_records_messages(records: Sequence[StepRecord]) -> list[list[MessageIn]]:
+    """Every record's messages as MessageIn; dicts are validated (in one pass), MessageIn are taken as built.
+
+    A MessageIn was validated when it was made (validate_message or the model itself), so it is not validated
+    again. When the one-pass validation fails, the per-message path raises the error naming the message.
+    """
+    raw = [m for record in records for m in record.messages if not isinstance(m, MessageIn)]
+    if not raw:
+        return [list(record.messages) for record in records]  # type: ignore[arg-type]
+    try:
+        checked = iter(_message_list_adapter.validate_python(raw))
+    except PydanticValidationError:
+        return [_validate_all(record.messages) for record in records]
+    return [[m if isinstance(m, MessageIn) else next(checked) for m in record.messages] for record in records]
+
+
+def _copy_rows(model: type, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """COPY rows into `model`'s table (PostgreSQL); values already in their database form (JSON as text)."""
+    qn = connection.ops.quote_name
+    sql = f"COPY {qn(model._meta.db_table)} ({', '.join(qn(c) for c in columns)}) FROM STDIN"
+    with connection.cursor() as cursor, cursor.cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _write_rows(model: type, columns: Sequence[str], rows: Sequence[Sequence[Any]], fallback) -> None:
+    if not rows:
+        return
+    if connection.vendor == "postgresql":
+        _copy_rows(model, columns, rows)
+    else:
+        fallback()
+
+
+def _copy_steps(steps: Sequence[Step]) -> bool:
+    """COPY new steps (PostgreSQL). False when not possible: another vendor, or a concurrent writer stored one
+    of these spans first (the savepoint is rolled back and the caller takes the conflict-aware path)."""
+    if connection.vendor != "postgresql":
+        return False
+    concrete = Step._meta.concrete_fields
+    attnames = [f.attname for f in concrete]
+    json_at = [i for i, f in enumerate(concrete) if f.get_internal_type() == "JSONField"]
+
+    def row(step: Step) -> list[Any]:
+        values = [getattr(step, name) for name in attnames]
+        for i in json_at:
+            if values[i] is not None:
+                values[i] = json.dumps(values[i])
+        return [v.value if isinstance(v, Enum) else v for v in values]
+
+    try:
+        with transaction.atomic():
+            _copy_rows(Step, [f.column for f in concrete], (row(step) for step in steps))
+    except IntegrityError:
+        return False
+    return True
+
+
+def _message_row(organization_id: str, step: Step, message: MessageIn, sequence: int, now: datetime) -> tuple:
+    data = message.model_dump(mode="json")
+    return (
+        new_message_id(), organization_id, step.agent_id, step.run_id, step.pk, data["role"],
+        json.dumps(data["content"]), data["name"],
+        None if data["tool_calls"] is None else json.dumps(data["tool_calls"]),
+        data["tool_call_id"],
+        None if data["tool_returns"] is None else json.dumps(data["tool_returns"]),
+        data["otid"], data["is_err"], sequence, now,
+    )  # fmt: skip
+
+
+def _message_models(rows: Sequence[tuple]) -> list[Message]:
+    models = []
+    for row in rows:
+        values = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
+        for name in _JSON_MESSAGE_COLUMNS:
+            values[name] = None if values[name] is None else json.loads(values[name])
+        values.pop("created_at")
+        models.append(Message(**values))
+    return models
+
+
+@transaction.atomic
+def steps_record_many(*, organization: Organization, records: Sequence[StepRecord]) -> list[Step]:
+    """Record ended steps in bulk; returns the steps this call inserted.
+
+    Idempotent on (organization, trace_id, span_id): a record whose span is already stored (or is inserted by a
+    concurrent call) is skipped with its metrics, messages and provider trace. Invalid messages reject the whole
+    call and nothing is written. Runs' step counts and message sequence ids are kept as the per-step path keeps them.
+    On PostgreSQL the rows go in with COPY; elsewhere (and after losing an insert race) with bulk_create.
+    """
+    if not records:
+        return []
+    validated = _validate_records_messages(records)
+    existing = set(
+        Step.objects.filter(
+            organization=organization,
+            trace_id__in={r.trace_id for r in records},
+            span_id__in={r.span_id for r in records},
+        ).values_list("trace_id", "span_id")
+    )
+    pending: dict[tuple[str, str], tuple[Step, StepRecord, list[MessageIn]]] = {}
+    # Key order: two transactions inserting overlapping spans take the unique-index locks in the same order.
+    for record, messages in sorted(zip(records, validated, strict=True), key=lambda i: (i[0].trace_id, i[0].span_id)):
+        key = (record.trace_id, record.span_id)
+        if key in existing or key in pending:
+            continue
+        pending[key] = (_step_from_record(organization, record), record, messages)
+    if not pending:
+        return []
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            # Message and trace texts are ~2 KB each: lz4 compresses them several times faster than pglz (when
+            # the server has it; readers need nothing).
+            cursor.execute(
+                "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings "
+                "WHERE name = 'default_toast_compression' AND 'lz4' = ANY(enumvals)"
+            )
+    steps = [step for step, _, _ in pending.values()]
+    if not _copy_steps(steps):
+        # ignore_conflicts: a concurrent request carrying the same spans may commit first; its rows win.
+        Step.objects.bulk_create(steps, ignore_conflicts=True)
+        inserted_ids = set(Step.objects.filter(pk__in=[s.pk for s in steps]).values_list("pk", flat=True))
+        steps = [step for step in steps if step.pk in inserted_ids]
+    inserted_ids = {step.pk for step in steps}
+    done = [(step, record, messages) for step, record, messages in pending.values() if step.pk in inserted_ids]
+    now = timezone.now()
+
+    metrics = [(step, record.metrics) for step, record, _ in done if record.metrics is not None]
+    _write_rows(
+        StepMetrics,
+        ["step_id", *_METRIC_FIELDS],
+        [(step.pk, *(getattr(m, name) for name in _METRIC_FIELDS)) for step, m in metrics],
+        lambda: StepMetrics.objects.bulk_create(
+            [StepMetrics(step=step, **{name: getattr(m, name) for name in _METRIC_FIELDS}) for step, m in metrics]
+        ),
+    )
+    traces = [(step, record.provider_trace) for step, record, _ in done if record.provider_trace is not None]
+    _write_rows(
+        ProviderTrace,
+        list(PROVIDER_TRACE_COPY_COLUMNS),
+        provider_trace_copy_rows(items=traces, created_at=now),
+        lambda: provider_traces_record_many(items=traces),
+    )
+
+    # Messages: per run, sequence ids continue after the run's last one (allocated under the run row lock, as in
+    # _messages_insert); a step without a run numbers its own messages from 1.
+    run_ids = sorted({step.run_id for step, _, messages in done if messages and step.run_id})
+    last_seq: dict[str, int] = {}
+    if run_ids:
+        list(Run.objects.select_for_update().filter(pk__in=run_ids).order_by("pk").values_list("pk", flat=True))
+        last_seq = dict(Message.objects.filter(run_id__in=run_ids).values_list("run_id").annotate(m=Max("sequence_id")))
+    rows: list[tuple[Any, ...]] = []
+    for step, _, messages in sorted(done, key=lambda item: (item[0].created_at, item[0].pk)):
+        for step_seq, message in enumerate(messages, start=1):
+            if step.run_id:
+                last_seq[step.run_id] = sequence = last_seq.get(step.run_id, 0) + 1
+            else:
+                sequence = step_seq
+            rows.append(_message_row(organization.pk, step, message, sequence, now))
+    _write_rows(Message, list(_MESSAGE_COLUMNS), rows, lambda: Message.objects.bulk_create(_message_models(rows)))
+
+    per_run: dict[str, int] = {}
+    for step, _, _ in done:
+        if step.run_id:
+            per_run[step.run_id] = per_run.get(step.run_id, 0) + 1
+    if per_run:  # one UPDATE for every run, in id order (the same lock order as the message allocation above)
+        Run.objects.filter(pk__in=sorted(per_run)).update(
+            step_count=F("step_count")
+            + Case(*(When(pk=run_id, then=Value(n)) for run_id, n in per_run.items()), default=Value(0))
+        )
+    # Last: the rollup rows are shared by every concurrent writer, so their locks are held for the shortest time.
+    _rollups_add_many([step for step, _, _ in done])
+    return [step for step, _, _ in done]

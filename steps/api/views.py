@@ -1,15 +1,335 @@
+"""The query side of the REST API: steps, their messages/metrics/trace, a request's records, usage and errors.
+
+Views are thin: they validate parameters, call one selector or report, and serialize.
+"""
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+import config.openapi  # noqa: F401  (registers the API key scheme with drf-spectacular)
 from accounts.authentication import request_organization
-from steps.api.serializers import StepSerializer
-from steps.selectors import step_get
+from config.errors import ApplicationError
+from steps.api import serializers as s
+from steps.api.renderers import CSVRenderer
+from steps.filters import StepFilterSet, is_filter_param
+from steps.rendering import render_messages
+from steps.reports import ERROR_GROUPS, USAGE_GROUPS, Report, errors_report, usage_report
+from steps.selectors import run_usage, step_get, step_list, step_messages, step_metrics_get
+from steps.services import step_set_feedback
+from traces.selectors import provider_trace_get, provider_traces_for_step, request_get
+
+_PAGING = {"limit", "order", "cursor"}
+
+
+def _filter_parameters() -> list[OpenApiParameter]:
+    """The StepFilterSet's filters as OpenAPI query parameters (one source of truth)."""
+    types = {"IsoDateTimeFilter": OpenApiTypes.DATETIME, "NumberFilter": OpenApiTypes.NUMBER}
+    parameters = []
+    for name, flt in StepFilterSet.base_filters.items():
+        kind = type(flt).__name__
+        description = str(flt.extra.get("help_text", ""))
+        if kind == "StrictBooleanFilter":
+            schema_type: Any = OpenApiTypes.BOOL
+        elif kind == "ChoiceFilter":
+            schema_type = OpenApiTypes.STR
+        else:
+            schema_type = types.get(kind, OpenApiTypes.STR)
+        enum = None
+        if kind == "ChoiceFilter":
+            enum = [c[0] for c in flt.extra["choices"]]
+        elif getattr(flt, "field_class", None) and flt.extra.get("choices"):
+            enum = list(flt.extra["choices"])
+            description += f" Comma-separated, any of: {', '.join(enum)}."
+            enum = None
+        parameters.append(OpenApiParameter(name, schema_type, description=description, enum=enum))
+    # metadata.<key>=<value> filters have free-form names; the list operations' descriptions explain them.
+    return parameters
+
+
+FILTER_PARAMETERS = _filter_parameters()
+LIST_PARAMETERS = [
+    OpenApiParameter("limit", OpenApiTypes.INT, description="Rows per page, 1–1000 (default 50)."),
+    OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By created_at (default desc)."),
+    OpenApiParameter("cursor", OpenApiTypes.STR, description="next_cursor of the previous page."),
+]
+
+
+def _check_params(request: Request, *, allowed: set[str], filters: bool = False) -> None:
+    """Reject unknown query parameters: a typo must not silently widen a query."""
+    unknown = [name for name in request.query_params if name not in allowed and not (filters and is_filter_param(name))]
+    if unknown:
+        raise ApplicationError("Invalid query parameters.", extra={name: ["Unknown parameter."] for name in unknown})
+
+
+def _validated(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _page_response(page: Any, data: list[Any]) -> Response:
+    return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
+
+
+class StepListApi(APIView):
+    """Steps of the key's organization, filtered, newest first, cursor paginated."""
+
+    @extend_schema(
+        operation_id="steps_list", parameters=[*FILTER_PARAMETERS, *LIST_PARAMETERS], responses=s.StepPageSerializer
+    )
+    def get(self, request: Request) -> Response:
+        _check_params(request, allowed=_PAGING, filters=True)
+        params = _validated(s.ListParamsSerializer, request.query_params)
+        page = step_list(
+            organization=request_organization(request), filters=request.query_params, order=params["order"],
+            limit=params["limit"], cursor=params.get("cursor") or None,
+        )  # fmt: skip
+        return _page_response(page, s.steps_data(page.items))
 
 
 class StepDetailApi(APIView):
     """One step with its usage, cost and outcome."""
 
+    @extend_schema(operation_id="steps_retrieve", responses=s.StepWithMetricsSerializer)
     def get(self, request: Request, step_id: str) -> Response:
+        _check_params(request, allowed=set())
         step = step_get(organization=request_organization(request), step_id=step_id)
-        return Response(StepSerializer(step).data)
+        return Response(s.steps_data([step], with_metrics=True)[0])
+
+
+class StepMessagesApi(APIView):
+    """The step's messages as the typed message union, in sequence order, cursor paginated over messages."""
+
+    @extend_schema(
+        operation_id="steps_messages_list",
+        parameters=[
+            OpenApiParameter("limit", OpenApiTypes.INT, description="Stored messages per page, 1–1000 (default 50)."),
+            OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By sequence (default asc)."),
+            OpenApiParameter("cursor", OpenApiTypes.STR, description="next_cursor of the previous page."),
+        ],
+        responses=s.MessagePageSerializer,
+    )
+    def get(self, request: Request, step_id: str) -> Response:
+        _check_params(request, allowed=_PAGING)
+        params = _validated(s.MessageListParamsSerializer, request.query_params)
+        page = step_messages(
+            organization=request_organization(request), step_id=step_id, order=params["order"],
+            limit=params["limit"], cursor=params.get("cursor") or None,
+        )  # fmt: skip
+        return _page_response(page, render_messages(page.items))
+
+
+class StepMetricsApi(APIView):
+    """The step's timings in nanoseconds (all null while it has none)."""
+
+    @extend_schema(operation_id="steps_metrics_retrieve", responses=s.StepMetricsSerializer)
+    def get(self, request: Request, step_id: str) -> Response:
+        _check_params(request, allowed=set())
+        metrics = step_metrics_get(organization=request_organization(request), step_id=step_id)
+        return Response(s.StepMetricsSerializer(metrics).data)
+
+
+class StepTraceParamsSerializer(serializers.Serializer):
+    attempt = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+
+
+class StepTraceApi(APIView):
+    """The provider's raw request and response for the step (the last attempt, or `attempt`)."""
+
+    @extend_schema(
+        operation_id="steps_trace_retrieve",
+        parameters=[OpenApiParameter("attempt", OpenApiTypes.INT, description="Attempt number (default: the last).")],
+        responses=s.StepTraceSerializer,
+    )
+    def get(self, request: Request, step_id: str) -> Response:
+        _check_params(request, allowed={"attempt"})
+        params = _validated(StepTraceParamsSerializer, request.query_params)
+        organization = request_organization(request)
+        trace = provider_trace_get(organization=organization, step_id=step_id, attempt=params.get("attempt"))
+        attempts = [t.attempt for t in provider_traces_for_step(organization=organization, step_id=step_id)]
+        return Response({**s.ProviderTraceSerializer(trace).data, "attempts": attempts})
+
+
+class StepFeedbackApi(APIView):
+    """Set or clear feedback, add or remove tags (tags are never replaced wholesale)."""
+
+    @extend_schema(operation_id="steps_feedback_update", request=s.FeedbackInSerializer, responses=s.StepSerializer)
+    def patch(self, request: Request, step_id: str) -> Response:
+        if not isinstance(request.data, dict):
+            raise ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        data = _validated(s.FeedbackInSerializer, request.data)
+        step = step_set_feedback(
+            organization=request_organization(request), step_id=step_id, feedback=data.get("feedback"),
+            set_feedback="feedback" in request.data, add_tags=data["add_tags"], remove_tags=data["remove_tags"],
+        )  # fmt: skip
+        return Response(s.StepSerializer(step).data)
+
+
+def _request_errors(record: Any) -> list[dict[str, Any]]:
+    errors = []
+    for run in record.runs:
+        if run.error_data:
+            message = run.error_data.get("message") if isinstance(run.error_data, dict) else None
+            error_type = run.error_data.get("error_type") if isinstance(run.error_data, dict) else None
+            errors.append(
+                {"source": "run", "run_id": run.pk, "step_id": None, "error_type": error_type or run.stop_reason,
+                 "message": message, "data": run.error_data, "created_at": run.completed_at}
+            )  # fmt: skip
+    for step in record.steps:
+        if step.error_type:
+            data = step.error_data or {}
+            errors.append(
+                {"source": "step", "run_id": step.run_id, "step_id": step.pk, "error_type": step.error_type,
+                 "message": data.get("message"), "data": step.error_data, "created_at": step.completed_at}
+            )  # fmt: skip
+    for trace in record.provider_traces:
+        if trace.error_type:
+            errors.append(
+                {"source": "provider_trace", "run_id": None, "step_id": trace.step_id, "error_type": trace.error_type,
+                 "message": trace.error_message, "data": None, "created_at": trace.created_at}
+            )  # fmt: skip
+    return errors
+
+
+class RequestDetailApi(APIView):
+    """Everything recorded for one request id: runs, steps with metrics, messages, provider traces, errors."""
+
+    @extend_schema(operation_id="requests_retrieve", responses=s.RequestSerializer)
+    def get(self, request: Request, request_id: str) -> Response:
+        _check_params(request, allowed=set())
+        record = request_get(organization=request_organization(request), request_id=request_id)
+        return Response(
+            {
+                "request_id": record.request_id,
+                "runs": s.RequestRunSerializer(record.runs, many=True).data,
+                "steps": s.steps_data(record.steps, with_metrics=True),
+                "messages": render_messages(record.messages),
+                "provider_traces": s.ProviderTraceSerializer(record.provider_traces, many=True).data,
+                "errors": s.RequestErrorSerializer(_request_errors(record), many=True).data,
+            }
+        )
+
+
+class RunUsageApi(APIView):
+    """The usage of every step of a run, with the run's totals."""
+
+    @extend_schema(operation_id="runs_usage_retrieve", responses=s.RunUsageSerializer)
+    def get(self, request: Request, run_id: str) -> Response:
+        _check_params(request, allowed=set())
+        usage = run_usage(organization=request_organization(request), run_id=run_id)
+        return Response(s.RunUsageSerializer(usage).data)
+
+
+class _ReportApi(APIView):
+    """Reports answer JSON, or CSV with ?format=csv or Accept: text/csv (errors always JSON)."""
+
+    renderer_classes = [JSONRenderer, CSVRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        from django.http import Http404
+
+        try:
+            return super().perform_content_negotiation(request, force=force)
+        except Http404 as exc:  # an unknown ?format= value
+            raise ApplicationError("Invalid query parameters.", extra={"format": ["Must be json or csv."]}) from exc
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        if response.status_code >= 400:
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if getattr(request, "accepted_renderer", None) and request.accepted_renderer.format == "csv":
+            response["Content-Disposition"] = f'attachment; filename="{self.filename}"'
+        return response
+
+    filename = "report.csv"
+
+
+def _report_response(report: Report, **extra: Any) -> Response:
+    return Response(
+        {
+            "group_by": report.group_by,
+            "source": report.source,
+            "exact_percentiles": report.exact_percentiles,
+            "truncated": report.truncated,
+            **report.extra,
+            **extra,
+            "data": report.rows,
+        }
+    )
+
+
+class UsageParamsSerializer(serializers.Serializer):
+    exact = serializers.BooleanField(required=False, default=False)
+    limit = serializers.IntegerField(min_value=1, max_value=100_000, required=False, default=100_000)
+
+
+_FORMAT = OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], description="csv for CSV output.")
+
+
+class UsageReportApi(_ReportApi):
+    """Usage grouped by any of model, model_handle, provider, agent, project, run, user, conversation, hour/day/week."""
+
+    filename = "usage.csv"
+
+    @extend_schema(
+        operation_id="usage_report",
+        parameters=[
+            OpenApiParameter("group_by", OpenApiTypes.STR, description=f"Comma-separated: {', '.join(USAGE_GROUPS)}."),
+            OpenApiParameter("exact", OpenApiTypes.BOOL, description="Scan the steps (exact percentiles, slower)."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="At most this many groups (default 100000)."),
+            _FORMAT,
+            *FILTER_PARAMETERS,
+        ],
+        responses={(200, "application/json"): s.UsageReportSerializer, (200, "text/csv"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request) -> Response:
+        _check_params(request, allowed={"group_by", "exact", "limit", "format"}, filters=True)
+        params = _validated(UsageParamsSerializer, request.query_params)
+        report = usage_report(
+            organization=request_organization(request), filters=_filters_only(request), exact=params["exact"],
+            group_by=request.query_params.getlist("group_by"), limit=params["limit"],
+        )  # fmt: skip
+        return _report_response(report)
+
+
+class ErrorsReportApi(_ReportApi):
+    """Errors grouped by error_type (and provider, model, agent, day): count, share, first/last seen, example."""
+
+    filename = "errors.csv"
+
+    @extend_schema(
+        operation_id="errors_report",
+        parameters=[
+            OpenApiParameter(
+                "group_by",
+                OpenApiTypes.STR,
+                description=f"Comma-separated, besides error_type: {', '.join(ERROR_GROUPS)}.",
+            ),
+            _FORMAT,
+            *FILTER_PARAMETERS,
+        ],
+        responses={(200, "application/json"): s.ErrorsReportSerializer, (200, "text/csv"): OpenApiTypes.STR},
+    )
+    def get(self, request: Request) -> Response:
+        _check_params(request, allowed={"group_by", "format"}, filters=True)
+        report = errors_report(
+            organization=request_organization(request), filters=_filters_only(request),
+            group_by=request.query_params.getlist("group_by"),
+        )  # fmt: skip
+        return _report_response(report)
+
+
+def _filters_only(request: Request) -> Any:
+    params = request.query_params.copy()
+    for name in ("group_by", "exact", "limit", "format"):
+        params.pop(name, None)
+    return params

@@ -1,0 +1,395 @@
+"""Usage and error reports over steps, grouped by any combination of dimensions and a time bucket.
+
+Two ways to answer, same numbers for counts, tokens and cost:
+
+- **rollups** (steps.rollups): used when every filter is a rollup dimension (agent_id, project_id,
+  model, model_handle, provider, start, end), the grouping is too (model, model_handle, provider,
+  agent, project, hour, day, week) and start/end fall on whole UTC hours. Milliseconds at any size;
+  percentiles are read from log-scale histograms (each within its 26%-wide bucket, interpolated).
+- **steps**: a scan of the matching steps, grouped and with exact percentiles (percentile_cont on
+  PostgreSQL) — for every other filter or grouping, or when the caller asks for `exact`.
+
+Both count ended steps only (success, failed, cancelled): a pending step has no usage yet.
+"""
+
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import connections
+from django.db.models import Aggregate, Count, F, FloatField, Max, Min, Q, QuerySet, Sum
+from django.db.models.functions import Collate, TruncDay, TruncHour, TruncWeek
+from django.http import QueryDict
+
+from accounts.models import Organization
+from agents.models import Agent
+from config.errors import ApplicationError
+from steps.filters import StepFilterSet, step_filterset
+from steps.histograms import percentiles_from_counts
+from steps.models import StepStatus
+from steps.rollups import COUNT_COLUMNS, ROLLUP_FILTERS, RollupRow, hour_ceil, hour_of, rollup_totals
+
+TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
+# group_by name -> step column (time units are truncations of created_at).
+USAGE_GROUPS = {
+    "model": "model",
+    "model_handle": "model_handle",
+    "provider": "provider_name",
+    "agent": "agent_id",
+    "project": "project_id",
+    "run": "run_id",
+    "user": "user_id",
+    "conversation": "conversation_id",
+    "hour": "hour",
+    "day": "day",
+    "week": "week",
+}
+# group_by name -> key in a report row.
+OUTPUT_KEYS = {
+    "model": "model",
+    "model_handle": "model_handle",
+    "provider": "provider",
+    "agent": "agent_id",
+    "project": "project_id",
+    "run": "run_id",
+    "user": "user_id",
+    "conversation": "conversation_id",
+    "hour": "hour",
+    "day": "day",
+    "week": "week",
+}
+ROLLUP_GROUPS = frozenset({"model", "model_handle", "provider", "agent", "project", "hour", "day", "week"})
+ERROR_GROUPS = {"provider": "provider_name", "model": "model", "agent": "agent_id", "day": "day"}
+PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+TOKEN_MEASURES = COUNT_COLUMNS[2:]
+MAX_ROWS = 100_000
+# Filters that select which steps count as errors, not which steps count: left out of the errors
+# report's denominators.
+_ERROR_SELECTING = ("error_type", "status", "stop_reason")
+
+
+class PercentileCont(Aggregate):
+    """percentile_cont(fraction) WITHIN GROUP (ORDER BY expression) — PostgreSQL."""
+
+    function = "percentile_cont"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: Any, *, fraction: float, **extra: Any) -> None:
+        super().__init__(expression, fraction=float(fraction), **extra)
+
+
+@dataclass(slots=True)
+class Report:
+    """Rows of a report and how they were computed."""
+
+    group_by: list[str]
+    rows: list[dict[str, Any]]
+    source: str  # "rollup" or "steps"
+    exact_percentiles: bool
+    truncated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _bad(field_name: str, message: str) -> ApplicationError:
+    return ApplicationError("Invalid query parameters.", extra={field_name: [message]})
+
+
+def parse_group_by(raw: Sequence[str] | str | None, *, allowed: Mapping[str, str]) -> list[str]:
+    """group_by from `a,b` or repeated parameters; unknown names, duplicates and two time units are a 400."""
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, str) else list(raw)
+    names = [part.strip() for item in items for part in item.split(",") if part.strip()]
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise _bad("group_by", f"Unknown: {', '.join(unknown)}. Choose from {', '.join(allowed)}.")
+    if len(set(names)) != len(names):
+        raise _bad("group_by", "A dimension appears twice.")
+    if len([n for n in names if n in TIME_UNITS]) > 1:
+        raise _bad("group_by", "At most one of hour, day, week.")
+    return names
+
+
+def _iso(value: Any) -> Any:
+    return value.astimezone(UTC).isoformat() if isinstance(value, datetime) else value
+
+
+def _ms(value_ns: float | None) -> float | None:
+    return None if value_ns is None else round(value_ns / 1_000_000, 3)
+
+
+def _cost(value: Any) -> str:
+    return format(Decimal(value or 0).quantize(Decimal("0.0000000001")), "f")
+
+
+def _measures(
+    *, steps: int, errors: int, tokens: Mapping[str, int | None], cost: Any, latency: dict, ttft: dict
+) -> dict[str, Any]:
+    prompt = tokens["prompt_tokens"] or 0
+    cached = tokens["cached_input_tokens"] or 0
+    row: dict[str, Any] = {"steps": steps}
+    row.update({name: tokens[name] or 0 for name in TOKEN_MEASURES})
+    row["cache_hit_ratio"] = round(cached / prompt, 6) if prompt else None
+    row["cost_usd"] = _cost(cost)
+    row["error_count"] = errors
+    row["error_rate"] = round(errors / steps, 6) if steps else None
+    for label, _ in PERCENTILES:
+        row[f"latency_ms_{label}"] = _ms(latency.get(label))
+    for label, _ in PERCENTILES:
+        row[f"ttft_ms_{label}"] = _ms(ttft.get(label))
+    return row
+
+
+def _sort_key(row: dict[str, Any], keys: list[str]) -> tuple:
+    return tuple((row[k] is None, row[k] if row[k] is not None else "") for k in keys)
+
+
+def _with_agent_names(rows: list[dict[str, Any]], organization: Organization) -> None:
+    ids = {row["agent_id"] for row in rows if row.get("agent_id")}
+    names = dict(Agent.objects.filter(organization=organization, pk__in=ids).values_list("pk", "name"))
+    for row in rows:
+        row["agent_name"] = names.get(row["agent_id"])
+
+
+def _rollup_filters(filterset: StepFilterSet) -> dict[str, list[str]] | None:
+    """The filters as rollup column filters, or None when one of them is not a rollup dimension."""
+    active = filterset.active_filters()
+    if not active <= {*ROLLUP_FILTERS, "start", "end"}:
+        return None
+    return {name: filterset.form.cleaned_data[name] for name in active if name in ROLLUP_FILTERS}
+
+
+def usage_report(
+    *,
+    organization: Organization,
+    filters: Mapping[str, Any] | QueryDict | None = None,
+    group_by: Sequence[str] = (),
+    exact: bool = False,
+    limit: int = MAX_ROWS,
+) -> Report:
+    """Usage per group: steps, tokens, cache hit ratio, cost, errors, latency and TTFT percentiles."""
+    group_by = parse_group_by(group_by, allowed=USAGE_GROUPS)
+    filterset = step_filterset(organization=organization, params=filters or {})
+    keys = [OUTPUT_KEYS[g] for g in group_by]
+    rollup_filters = None if exact or not set(group_by) <= ROLLUP_GROUPS else _rollup_filters(filterset)
+    report = None
+    if rollup_filters is not None:
+        report = _usage_from_rollups(organization, filterset, group_by, rollup_filters)
+    if report is None:
+        report = _usage_from_steps(filterset.qs, group_by, limit=limit)
+    report.rows.sort(key=lambda row: _sort_key(row, keys))
+    if "agent" in group_by:
+        _with_agent_names(report.rows, organization)
+    return report
+
+
+def _usage_from_rollups(
+    organization: Organization, filterset: StepFilterSet, group_by: list[str], filters: dict[str, list[str]]
+) -> Report | None:
+    cleaned = filterset.form.cleaned_data
+    columns = [USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
+    totals = rollup_totals(
+        organization=organization, start=cleaned.get("start"), end=cleaned.get("end"), filters=filters,
+        group_by=columns,
+    )  # fmt: skip
+    if totals is None:
+        return None
+    rows = []
+    for key, summed in totals.items():
+        if summed.counts["steps"] == 0:
+            continue
+        row = {OUTPUT_KEYS[g]: (_iso(value) if value != "" else None) for g, value in zip(group_by, key, strict=True)}
+        row.update(_rollup_measures(summed))
+        rows.append(row)
+    return Report(group_by=group_by, rows=rows, source="rollup", exact_percentiles=False)
+
+
+def _rollup_measures(summed: RollupRow) -> dict[str, Any]:
+    fractions = [q for _, q in PERCENTILES]
+    labels = [label for label, _ in PERCENTILES]
+    latency = dict(zip(labels, percentiles_from_counts(summed.latency, fractions), strict=True))
+    ttft = dict(zip(labels, percentiles_from_counts(summed.ttft, fractions), strict=True))
+    return _measures(
+        steps=summed.counts["steps"], errors=summed.counts["error_steps"], tokens=summed.counts,
+        cost=summed.cost_usd, latency=latency, ttft=ttft,
+    )  # fmt: skip
+
+
+def _grouped(queryset: QuerySet, group_by: list[str]) -> tuple[QuerySet, list[str]]:
+    annotations = {g: TIME_UNITS[g]("created_at", tzinfo=UTC) for g in group_by if g in TIME_UNITS}
+    if annotations:
+        queryset = queryset.annotate(**annotations)
+    columns = [USAGE_GROUPS.get(g, ERROR_GROUPS.get(g, g)) if g not in TIME_UNITS else g for g in group_by]
+    return queryset, columns
+
+
+def _usage_from_steps(queryset: QuerySet, group_by: list[str], *, limit: int) -> Report:
+    queryset = queryset.exclude(status=StepStatus.PENDING)
+    postgres = connections[queryset.db].vendor == "postgresql"
+    queryset, columns = _grouped(queryset, group_by)
+    aggregates: dict[str, Any] = {
+        "n_steps": Count("pk"),
+        "n_errors": Count("pk", filter=Q(status=StepStatus.FAILED)),
+        "sum_cost_usd": Sum("cost_usd"),
+        **{f"sum_{name}": Sum(name) for name in TOKEN_MEASURES},
+    }
+    if postgres:
+        for label, q in PERCENTILES:
+            aggregates[f"latency_{label}"] = PercentileCont(F("latency_ns"), fraction=q)
+            aggregates[f"ttft_{label}"] = PercentileCont(F("ttft_ns"), fraction=q)
+    grouped = queryset.values(*columns).annotate(**aggregates).order_by(*columns)
+    results = list(grouped[: limit + 1]) if columns else [queryset.aggregate(**aggregates)]
+    truncated = len(results) > limit
+    results = results[:limit]
+    if not postgres:
+        _python_percentiles(queryset, columns, results)
+    rows = []
+    for result in results:
+        if not result["n_steps"]:
+            continue
+        row = {OUTPUT_KEYS[g]: _iso(result[c]) for g, c in zip(group_by, columns, strict=True)}
+        measures = _measures(
+            steps=result["n_steps"], errors=result["n_errors"],
+            tokens={name: result[f"sum_{name}"] for name in TOKEN_MEASURES}, cost=result["sum_cost_usd"],
+            latency={label: result[f"latency_{label}"] for label, _ in PERCENTILES},
+            ttft={label: result[f"ttft_{label}"] for label, _ in PERCENTILES},
+        )  # fmt: skip
+        row.update(measures)
+        rows.append(row)
+    return Report(group_by=group_by, rows=rows, source="steps", exact_percentiles=True, truncated=truncated)
+
+
+def _percentile_cont(values: list[int], fraction: float) -> float | None:
+    """percentile_cont in Python (linear interpolation between closest ranks), for SQLite."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return float(values[0])
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]
+
+
+def _python_percentiles(queryset: QuerySet, columns: list[str], results: list[dict[str, Any]]) -> None:
+    """SQLite has no percentile_cont; the embedded mode's data is small, so the values are read here."""
+    latency: dict[tuple, list[int]] = defaultdict(list)
+    ttft: dict[tuple, list[int]] = defaultdict(list)
+    for row in queryset.values(*columns, "latency_ns", "ttft_ns").order_by():
+        key = tuple(row[c] for c in columns)
+        if row["latency_ns"] is not None:
+            latency[key].append(row["latency_ns"])
+        if row["ttft_ns"] is not None:
+            ttft[key].append(row["ttft_ns"])
+    for result in results:
+        key = tuple(result[c] for c in columns)
+        for label, q in PERCENTILES:
+            result[f"latency_{label}"] = _percentile_cont(sorted(latency.get(key, [])), q)
+            result[f"ttft_{label}"] = _percentile_cont(sorted(ttft.get(key, [])), q)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def errors_report(
+    *,
+    organization: Organization,
+    filters: Mapping[str, Any] | QueryDict | None = None,
+    group_by: Sequence[str] = (),
+) -> Report:
+    """Failed (and cancelled) steps grouped by error_type (and provider, model, agent, day).
+
+    Per group: count, share of the ended steps in the same provider/model/agent/day matching the same
+    filters (error_type, status and stop_reason aside), first and last seen, and an example step id.
+    """
+    group_by = parse_group_by(group_by, allowed=ERROR_GROUPS)
+    params = filters if filters is not None else {}
+    filterset = step_filterset(organization=organization, params=params)
+    queryset, columns = _grouped(filterset.qs.filter(error_type__isnull=False), group_by)
+    # Byte order is enough to pick an example, and much cheaper than the database's collation.
+    example = Max(Collate("id", "C")) if connections[queryset.db].vendor == "postgresql" else Max("id")
+    grouped = (
+        queryset.values("error_type", *columns)
+        .annotate(count=Count("pk"), first_seen=Min("created_at"), last_seen=Max("created_at"), example=example)
+        .order_by("-count", "error_type", *columns)
+    )
+    results = list(grouped[: MAX_ROWS + 1])
+    truncated = len(results) > MAX_ROWS
+    results = results[:MAX_ROWS]
+
+    denominators, source = _step_totals(organization, params, group_by)
+    overall = sum(denominators.values())
+    rows = []
+    for result in results:
+        key = tuple(_iso(result[c]) for c in columns)
+        total = denominators.get(key, 0)
+        row: dict[str, Any] = {"error_type": result["error_type"]}
+        row.update({OUTPUT_KEYS[g]: _iso(result[c]) for g, c in zip(group_by, columns, strict=True)})
+        row.update(
+            {
+                "count": result["count"],
+                "steps": total,
+                "share": round(result["count"] / total, 6) if total else None,
+                "first_seen": _iso(result["first_seen"]),
+                "last_seen": _iso(result["last_seen"]),
+                "example_step_id": result["example"],
+            }
+        )
+        rows.append(row)
+    if "agent" in group_by:
+        _with_agent_names(rows, organization)
+    return Report(
+        group_by=["error_type", *group_by], rows=rows, source=source, exact_percentiles=True, truncated=truncated,
+        extra={"total_steps": overall, "total_errors": sum(r["count"] for r in results)},
+    )  # fmt: skip
+
+
+def _step_totals(
+    organization: Organization, params: Mapping[str, Any] | QueryDict, group_by: list[str]
+) -> tuple[dict[tuple, int], str]:
+    """Ended steps per group (the errors report's denominators), exact.
+
+    From the rollups when the filters allow; a range not on whole hours then reads the whole hours
+    inside it from the rollups and counts only the ragged minutes at its ends from the steps.
+    """
+    if isinstance(params, QueryDict):
+        params = params.copy()
+        for name in _ERROR_SELECTING:
+            params.pop(name, None)
+    else:
+        params = {k: v for k, v in params.items() if k not in _ERROR_SELECTING}
+    filterset = step_filterset(organization=organization, params=params)
+    ended = filterset.qs.exclude(status=StepStatus.PENDING)
+    rollup_filters = _rollup_filters(filterset)
+    if rollup_filters is None:
+        return _count_steps(ended, group_by), "steps"
+    cleaned = filterset.form.cleaned_data
+    start, end = cleaned.get("start"), cleaned.get("end")
+    inner_start = hour_ceil(start) if start is not None else None
+    inner_end = hour_of(end) if end is not None else None
+    if inner_start is not None and inner_end is not None and inner_start >= inner_end:
+        return _count_steps(ended, group_by), "steps"  # less than an hour: the steps are few
+    columns = [ERROR_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
+    totals = rollup_totals(
+        organization=organization, start=inner_start, end=inner_end, filters=rollup_filters, group_by=columns
+    )
+    counts = {tuple(_iso(v) if v != "" else None for v in key): row.counts["steps"] for key, row in totals.items()}
+    edges = []
+    if start is not None and inner_start != start:
+        edges.append(ended.filter(created_at__lt=inner_start))
+    if end is not None and inner_end != end:
+        edges.append(ended.filter(created_at__gte=inner_end))
+    for edge in edges:
+        for key, n in _count_steps(edge, group_by).items():
+            counts[key] = counts.get(key, 0) + n
+    return counts, "rollup"
+
+
+def _count_steps(queryset: QuerySet, group_by: list[str]) -> dict[tuple, int]:
+    queryset, columns = _grouped(queryset, group_by)
+    if not columns:
+        return {(): queryset.count()}
+    counted = queryset.values(*columns).annotate(n=Count("pk")).order_by()
+    return {tuple(_iso(row[c]) for c in columns): row["n"] for row in counted}

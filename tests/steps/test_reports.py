@@ -1,0 +1,395 @@
+"""GET /v1/usage and GET /v1/errors: numbers against values computed here from the rows, both ways of answering."""
+
+import csv
+import io
+import statistics
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.test import override_settings
+
+from steps import services
+from steps.models import Step, StepRollupDay, StepRollupHour, StepStatus
+from steps.rollups import step_rollups_rebuild
+from steps.services import StepMetricsIn
+from steps.usage import Usage
+from tests.factories import AgentFactory, OrganizationFactory, ProjectFactory, StepFactory
+
+pytestmark = pytest.mark.django_db
+
+DAY0 = datetime(2026, 2, 1, tzinfo=UTC)
+MODELS = [("openai", "gpt-4o-mini"), ("anthropic", "claude-sonnet-4-5")]
+
+
+def _record(organization, agent, *, i: int, when: datetime, fail: bool = False, **start_kwargs) -> Step:
+    """One step through the real write path (which maintains the rollups)."""
+    provider, model = MODELS[i % 2]
+    step = services.step_start(
+        organization=organization, agent=agent, provider_name=provider, model=model, model_handle=f"{provider}/{model}",
+        created_at=when, user_id=f"u-{i % 3}", tags=["vip"] if i % 4 == 0 else [], **start_kwargs,
+    )  # fmt: skip
+    metrics = StepMetricsIn(ttft_ns=(50 + 37 * i) * 1_000_000, llm_request_ns=(400 + 91 * i) * 1_000_000)
+    if fail:
+        return services.step_fail(
+            step=step, error_type="rate_limit_error" if i % 2 else "api_timeout", message="boom", metrics=metrics
+        )
+    usage = Usage(
+        prompt_tokens=1000 + 13 * i, completion_tokens=100 + i, cached_input_tokens=(200 + i) if i % 3 else 0,
+        cache_write_tokens=50 if provider == "anthropic" else None, reasoning_tokens=i if i % 5 == 0 else None,
+    )  # fmt: skip
+    return services.step_finish(step=step, usage=usage, metrics=metrics)
+
+
+@pytest.fixture
+def dataset(organization):
+    """40 ended steps over three days, two agents, two models, some failures; plus noise that must not count."""
+    project = ProjectFactory(organization=organization)
+    agents = [AgentFactory(organization=organization, project=project), AgentFactory(organization=organization)]
+    for i in range(40):
+        when = DAY0 + timedelta(hours=5 * i, minutes=7 * (i % 8))
+        _record(organization, agents[i % 2], i=i, when=when, fail=i % 7 == 3)
+    services.step_start(organization=organization, agent=agents[0], model="gpt-4o-mini", created_at=DAY0)  # pending
+    other = OrganizationFactory()
+    _record(other, AgentFactory(organization=other), i=1, when=DAY0 + timedelta(hours=1))
+    return agents
+
+
+def _expected(steps, key) -> dict:
+    """The report's measures computed in Python from the step rows."""
+    groups = defaultdict(list)
+    for step in steps:
+        groups[key(step)].append(step)
+    result = {}
+    for group, members in groups.items():
+        prompt = sum(s.prompt_tokens or 0 for s in members)
+        cached = sum(s.cached_input_tokens or 0 for s in members)
+        latencies = sorted(s.latency_ns for s in members if s.latency_ns is not None)
+        ttfts = sorted(s.ttft_ns for s in members if s.ttft_ns is not None)
+        result[group] = {
+            "steps": len(members),
+            "prompt_tokens": prompt,
+            "completion_tokens": sum(s.completion_tokens or 0 for s in members),
+            "total_tokens": sum(s.total_tokens or 0 for s in members),
+            "cached_input_tokens": cached,
+            "cache_write_tokens": sum(s.cache_write_tokens or 0 for s in members),
+            "reasoning_tokens": sum(s.reasoning_tokens or 0 for s in members),
+            "cache_hit_ratio": round(cached / prompt, 6) if prompt else None,
+            "cost_usd": sum((s.cost_usd or Decimal(0) for s in members), Decimal(0)),
+            "error_count": sum(s.status == StepStatus.FAILED for s in members),
+            "latency": latencies,
+            "ttft": ttfts,
+        }
+    return result
+
+
+def _percentile_ms(values: list[int], q: float) -> float:
+    if len(values) == 1:
+        return values[0] / 1e6
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1] / 1e6
+
+
+def _ended(organization):
+    return list(Step.objects.filter(organization=organization).exclude(status=StepStatus.PENDING))
+
+
+def _check_rows(rows, expected, key, *, exact_percentiles: bool):
+    assert {key(r) for r in rows} == set(expected)
+    for row in rows:
+        want = expected[key(row)]
+        for name in ("steps", "prompt_tokens", "completion_tokens", "total_tokens", "cached_input_tokens",
+                     "cache_write_tokens", "reasoning_tokens", "cache_hit_ratio", "error_count"):  # fmt: skip
+            assert row[name] == want[name], (name, row, want)
+        assert Decimal(row["cost_usd"]) == want["cost_usd"]
+        assert row["error_rate"] == round(want["error_count"] / want["steps"], 6)
+        for label, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+            for measure, values in (("latency", want["latency"]), ("ttft", want["ttft"])):
+                exact = _percentile_ms(values, q)
+                got = row[f"{measure}_ms_{label}"]
+                if exact_percentiles:
+                    assert got == pytest.approx(exact, abs=0.001), (measure, label)
+                else:  # histogram: within one 26%-wide bucket
+                    assert exact / 1.26 <= got <= exact * 1.26, (measure, label, got, exact)
+
+
+def test_usage_by_model_and_day_from_rollups_matches_the_rows(api_client, organization, dataset):
+    params = {"group_by": "model,day", "start": "2026-02-01T00:00:00Z", "end": "2026-02-10T00:00:00Z"}
+    body = api_client.get("/v1/usage", params).json()
+
+    assert body["source"] == "rollup"
+    assert body["exact_percentiles"] is False
+    expected = _expected(_ended(organization), key=lambda s: (s.model, s.created_at.date().isoformat()))
+    _check_rows(body["data"], expected, key=lambda r: (r["model"], r["day"][:10]), exact_percentiles=False)
+
+
+@pytest.mark.parametrize(
+    ("group_by", "step_key", "row_key"),
+    [
+        ("", lambda s: (), lambda r: ()),
+        ("agent", lambda s: s.agent_id, lambda r: r["agent_id"]),
+        ("provider,model_handle", lambda s: (s.provider_name, s.model_handle),
+         lambda r: (r["provider"], r["model_handle"])),
+        ("project", lambda s: s.project_id, lambda r: r["project_id"]),
+        ("hour", lambda s: s.created_at.replace(minute=0, second=0, microsecond=0).isoformat(), lambda r: r["hour"]),
+        ("week", lambda s: (s.created_at - timedelta(days=s.created_at.weekday())).date().isoformat(),
+         lambda r: r["week"][:10]),
+        ("user", lambda s: s.user_id, lambda r: r["user_id"]),
+        ("conversation,run", lambda s: (s.conversation_id, s.run_id), lambda r: (r["conversation_id"], r["run_id"])),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("exact", [False, True])
+def test_usage_groupings_match_the_rows_both_ways(
+    api_client, organization, dataset, group_by, step_key, row_key, exact
+):
+    body = api_client.get("/v1/usage", {"group_by": group_by, "exact": str(exact).lower()}).json()
+    rollup_able = group_by.split(",")[0] not in {"user", "conversation"}
+    assert body["source"] == ("rollup" if rollup_able and not exact else "steps")
+    exact_percentiles = body["source"] == "steps"
+    if exact_percentiles and api_client_backend() != "postgresql":
+        exact_percentiles = True  # SQLite computes them in Python, exactly as well
+    _check_rows(body["data"], _expected(_ended(organization), step_key), row_key, exact_percentiles=exact_percentiles)
+
+
+def api_client_backend() -> str:
+    from django.db import connection
+
+    return connection.vendor
+
+
+def test_usage_with_agent_names(api_client, dataset):
+    rows = api_client.get("/v1/usage", {"group_by": "agent"}).json()["data"]
+    assert {r["agent_name"] for r in rows} == {a.name for a in dataset}
+
+
+@pytest.mark.parametrize(
+    ("params", "source"),
+    [
+        ({"user_id": "u-1"}, "steps"),
+        ({"tags": "vip"}, "steps"),
+        ({"status": "failed"}, "steps"),
+        ({"agent_id": "AGENT", "model": "gpt-4o-mini"}, "rollup"),
+        ({"start": "2026-02-02T10:30:00Z"}, "steps"),  # not on an hour: only a scan is exact
+        ({"start": "2026-02-02T05:00:00Z", "end": "2026-02-05T17:00:00Z"}, "rollup"),  # hours at both ragged ends
+        ({"start": "2026-02-03T05:00:00Z", "end": "2026-02-03T17:00:00Z"}, "rollup"),  # within one day
+    ],
+)
+def test_usage_filters_pick_the_right_source_and_the_right_steps(api_client, organization, dataset, params, source):
+    params = {k: (dataset[0].id if v == "AGENT" else v) for k, v in params.items()}
+    body = api_client.get("/v1/usage", {"group_by": "model", **params}).json()
+    assert body["source"] == source, body
+
+    steps = Step.objects.filter(organization=organization).exclude(status=StepStatus.PENDING)
+    if "user_id" in params:
+        steps = steps.filter(user_id=params["user_id"])
+    if "tags" in params:
+        steps = [s for s in steps if "vip" in s.tags]
+    if "status" in params:
+        steps = [s for s in steps if s.status == "failed"]
+    if "agent_id" in params:
+        steps = [s for s in steps if s.agent_id == params["agent_id"] and s.model == "gpt-4o-mini"]
+    if "start" in params:
+        steps = [s for s in steps if s.created_at >= datetime.fromisoformat(params["start"])]
+    if "end" in params:
+        steps = [s for s in steps if s.created_at < datetime.fromisoformat(params["end"])]
+    expected = _expected(list(steps), key=lambda s: s.model)
+    _check_rows(body["data"], expected, key=lambda r: r["model"], exact_percentiles=source == "steps")
+
+
+def test_usage_rollups_built_by_rebuild_equal_those_kept_by_the_write_path(organization, dataset):
+    kept = sorted(StepRollupHour.objects.filter(organization=organization).values_list("bucket", "model", "steps",
+                  "prompt_tokens", "error_steps", "latency_h40", "cost_usd"))  # fmt: skip
+    kept_days = StepRollupDay.objects.filter(organization=organization).count()
+    step_rollups_rebuild(organization=organization)
+    rebuilt = sorted(StepRollupHour.objects.filter(organization=organization).values_list("bucket", "model", "steps",
+                     "prompt_tokens", "error_steps", "latency_h40", "cost_usd"))  # fmt: skip
+    assert rebuilt == kept
+    assert StepRollupDay.objects.filter(organization=organization).count() == kept_days
+
+
+def test_finishing_a_step_twice_counts_it_once(organization):
+    agent = AgentFactory(organization=organization)
+    step = _record(organization, agent, i=2, when=DAY0)
+    services.step_finish(step=step, usage=Usage(prompt_tokens=5, completion_tokens=5))
+    services.step_fail(step=step, error_type="x", message="late")
+    assert StepRollupHour.objects.get(organization=organization).steps == 1
+    assert StepRollupDay.objects.get(organization=organization).steps == 1
+
+
+def test_usage_of_another_organization_is_invisible(api_client):
+    other = OrganizationFactory()
+    _record(other, AgentFactory(organization=other), i=1, when=DAY0)
+    for exact in ("false", "true"):
+        assert api_client.get("/v1/usage", {"group_by": "model", "exact": exact}).json()["data"] == []
+    assert api_client.get("/v1/errors").json()["data"] == []
+
+
+# --- CSV ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["format", "accept"])
+def test_usage_as_csv_has_the_same_numbers(api_client, dataset, how):
+    params = {"group_by": "model,day"}
+    json_rows = api_client.get("/v1/usage", params).json()["data"]
+    if how == "format":
+        response = api_client.get("/v1/usage", {**params, "format": "csv"})
+    else:
+        response = api_client.get("/v1/usage", params, HTTP_ACCEPT="text/csv")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert len(rows) == len(json_rows)
+    for got, want in zip(rows, json_rows, strict=True):
+        assert got["model"] == want["model"]
+        assert int(got["steps"]) == want["steps"]
+        assert int(got["total_tokens"]) == want["total_tokens"]
+        assert Decimal(got["cost_usd"]) == Decimal(want["cost_usd"])
+        assert float(got["latency_ms_p95"]) == want["latency_ms_p95"]
+
+
+def test_errors_as_csv(api_client, dataset):
+    response = api_client.get("/v1/errors?format=csv")
+    rows = list(csv.DictReader(io.StringIO(response.content.decode())))
+    assert {r["error_type"] for r in rows} == {"rate_limit_error", "api_timeout"}
+
+
+def test_csv_errors_are_still_json(api_client, dataset):
+    response = api_client.get("/v1/usage", {"format": "csv", "group_by": "colour"})
+    assert response.status_code == 400
+    assert response.json()["detail"]["group_by"]
+
+
+# --- bad parameters -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/v1/usage", "group_by=colour", "group_by"),
+        ("/v1/usage", "group_by=day,week", "group_by"),
+        ("/v1/usage", "group_by=model,model", "group_by"),
+        ("/v1/usage", "exact=perhaps", "exact"),
+        ("/v1/usage", "limit=-1", "limit"),
+        ("/v1/usage", "format=xml", "format"),
+        ("/v1/usage", "status=bogus", "status"),
+        ("/v1/usage", "start=not-a-date", "start"),
+        ("/v1/usage", "bogus=1", "bogus"),
+        ("/v1/errors", "group_by=user", "group_by"),
+        ("/v1/errors", "min_latency_ms=abc", "min_latency_ms"),
+        ("/v1/errors", "end=2026-02-30T00:00:00Z", "end"),
+        ("/v1/runs/run-x/usage", "limit=5", "limit"),
+    ],
+)
+def test_report_parameters_are_validated(api_client, path, query, field):
+    response = api_client.get(f"{path}?{query}")
+    assert response.status_code == 400, response.content
+    assert field in response.json()["detail"]
+
+
+# --- errors report ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {},
+        {"start": "2026-02-02T03:17:00Z", "end": "2026-02-06T21:05:00Z"},  # ragged ends: rollups + steps
+        {"start": "2026-02-03T00:00:00Z", "end": "2026-02-03T00:30:00Z"},  # under an hour
+    ],
+)
+def test_errors_report_counts_shares_and_examples(api_client, organization, dataset, window):
+    body = api_client.get("/v1/errors", {"group_by": "model", **window}).json()
+
+    steps = _ended(organization)
+    if window:
+        start, end = (datetime.fromisoformat(window[k]) for k in ("start", "end"))
+        steps = [s for s in steps if start <= s.created_at < end]
+    failed = [s for s in steps if s.error_type]
+    totals = defaultdict(int)
+    for s in steps:
+        totals[s.model] += 1
+    groups = defaultdict(list)
+    for s in failed:
+        groups[(s.error_type, s.model)].append(s)
+    assert body["total_steps"] == len(steps) or not failed
+    assert body["total_errors"] == len(failed)
+    assert {(r["error_type"], r["model"]) for r in body["data"]} == set(groups)
+    for row in body["data"]:
+        members = groups[(row["error_type"], row["model"])]
+        assert row["count"] == len(members)
+        assert row["steps"] == totals[row["model"]]
+        assert row["share"] == round(len(members) / totals[row["model"]], 6)
+        assert datetime.fromisoformat(row["first_seen"]) == min(s.created_at for s in members)
+        assert datetime.fromisoformat(row["last_seen"]) == max(s.created_at for s in members)
+        assert row["example_step_id"] in {s.id for s in members}
+    counts = [r["count"] for r in body["data"]]
+    assert counts == sorted(counts, reverse=True)
+
+
+def test_errors_report_by_day_and_agent_with_an_error_type_filter(api_client, organization, dataset):
+    body = api_client.get("/v1/errors", {"group_by": "agent,day", "error_type": "api_timeout"}).json()
+    steps = _ended(organization)
+    per_group = defaultdict(int)
+    for s in steps:
+        per_group[(s.agent_id, s.created_at.date())] += 1
+    timeouts = [s for s in steps if s.error_type == "api_timeout"]
+    assert sum(r["count"] for r in body["data"]) == len(timeouts)
+    for row in body["data"]:
+        assert row["error_type"] == "api_timeout"
+        key = (row["agent_id"], datetime.fromisoformat(row["day"]).date())
+        assert row["steps"] == per_group[key], "the denominator ignores the error_type filter"
+        assert row["agent_name"]
+
+
+def test_errors_report_on_factory_rows_without_rollups(api_client, organization):
+    agent = AgentFactory(organization=organization)
+    t = datetime(2026, 1, 5, 10, 30, tzinfo=UTC)
+    StepFactory.create_batch(3, agent=agent, status="success", created_at=t)
+    StepFactory(agent=agent, status="failed", error_type="boom", created_at=t)
+    body = api_client.get("/v1/errors", {"start": "2026-01-05T10:00:01Z"}).json()
+    assert body["data"][0]["share"] == 0.25  # the ragged first hour is counted from the steps
+    body = api_client.get("/v1/errors", {"user_id": "nobody-in-particular"}).json()
+    assert (body["source"], body["data"]) == ("steps", [])
+
+
+# --- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def test_exact_percentiles_come_from_percentile_cont_on_postgres(postgres, api_client, organization, dataset):
+    body = api_client.get("/v1/usage", {"group_by": "model", "exact": "true"}).json()
+    expected = _expected(_ended(organization), key=lambda s: s.model)
+    _check_rows(body["data"], expected, key=lambda r: r["model"], exact_percentiles=True)
+
+
+# --- throttling and schema ----------------------------------------------------------------------
+
+
+def test_throttling_per_key_answers_429_with_retry_after(api_client, api_key):
+    from django.conf import settings
+
+    rest = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"api_key": "3/minute"}}
+    with override_settings(REST_FRAMEWORK=rest):
+        from django.core.cache import cache
+
+        cache.clear()
+        statuses = [api_client.get("/v1/steps").status_code for _ in range(4)]
+        response = api_client.get("/v1/steps")
+    assert statuses == [200, 200, 200, 429]
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) > 0
+    assert response.json()["error"] == "throttled"
+
+
+def test_openapi_schema_describes_every_query_endpoint(client):
+    response = client.get("/v1/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = response.json()
+    for path in ("/v1/steps", "/v1/steps/{step_id}", "/v1/steps/{step_id}/messages", "/v1/steps/{step_id}/metrics",
+                 "/v1/steps/{step_id}/trace", "/v1/steps/{step_id}/feedback", "/v1/requests/{request_id}",
+                 "/v1/runs/{run_id}/usage", "/v1/usage", "/v1/errors"):  # fmt: skip
+        assert path in schema["paths"], path
+    list_params = {p["name"] for p in schema["paths"]["/v1/steps"]["get"]["parameters"]}
+    assert {"agent_id", "tags", "tags_match", "start", "end", "min_ttft_ms", "cursor", "limit", "order"} <= list_params
+    assert "ApiKeyAuth" in schema["components"]["securitySchemes"]
+    assert "TypedMessage" in schema["components"]["schemas"]
