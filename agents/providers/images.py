@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import os
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -67,6 +70,25 @@ def _parse_data_url(url: str) -> ImageData:
     return ImageData(media_type=media_type, data=payload)
 
 
+def _check_public(request: httpx2.Request) -> None:
+    """Refuse URLs that resolve to private, loopback or link-local addresses (redirects included).
+
+    A tool return is data from outside; without this a URL like http://169.254.169.254/ would make
+    Steplens fetch from its own network. STEPLENS_IMAGE_FETCH_ALLOW_PRIVATE=true lifts it (a lab setup).
+    """
+    if os.environ.get("STEPLENS_IMAGE_FETCH_ALLOW_PRIVATE", "").lower() == "true":
+        return
+    host = request.url.host
+    try:
+        infos = socket.getaddrinfo(host, request.url.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise ImageFetchError(f"Could not resolve the image host {host!r}.") from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global:
+            raise ImageFetchError(f"Refusing to fetch an image from a non-public address ({host}).")
+
+
 class ImageFetcher:
     """Fetches image URLs into base64 (`max_bytes` limit, `timeout` seconds for the whole download).
 
@@ -89,8 +111,14 @@ class ImageFetcher:
     def _http(self) -> httpx2.Client:
         with self._lock:
             if self._client is None:
+                # An injected transport (tests, the scripted provider) serves from memory: nothing to guard.
+                hooks = {"request": [_check_public]} if self._transport is None else {}
                 self._client = httpx2.Client(
-                    transport=self._transport, timeout=self.timeout, follow_redirects=True, max_redirects=3
+                    transport=self._transport,
+                    timeout=self.timeout,
+                    follow_redirects=True,
+                    max_redirects=3,
+                    event_hooks=hooks,
                 )
             return self._client
 
@@ -126,6 +154,8 @@ class ImageFetcher:
                         raise ImageFetchError(f"Image {url} took longer than {self.timeout:g}s to download.")
                     chunks.append(chunk)
                 content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        except ImageFetchError:
+            raise
         except httpx2.TimeoutException as exc:
             raise ImageFetchError(f"Image {url} took longer than {self.timeout:g}s to download.") from exc
         except httpx2.HTTPError as exc:

@@ -1,0 +1,28 @@
+"""Image URLs from tool returns are never fetched from the server's own network."""
+
+import pytest
+
+from agents.providers.images import ImageFetcher, ImageFetchError
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/chart.png",
+        "http://localhost/chart.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://10.1.2.3/a.png",
+        "http://192.168.0.10/a.png",
+        "http://[::1]/a.png",
+    ],
+)
+def test_private_and_loopback_addresses_are_refused(url):
+    with pytest.raises(ImageFetchError, match="non-public address"):
+        ImageFetcher(timeout=2).fetch(url)
+
+
+def test_the_guard_can_be_lifted_for_a_lab_setup(monkeypatch):
+    monkeypatch.setenv("STEPLENS_IMAGE_FETCH_ALLOW_PRIVATE", "true")
+    with pytest.raises(ImageFetchError) as info:  # nothing listens there: a connection error, not a refusal
+        ImageFetcher(timeout=2).fetch("http://127.0.0.1:9/a.png")
+    assert "non-public" not in str(info.value)
