@@ -45,3 +45,10 @@ worker: $(STAMP)
 
 clean:
 	rm -rf $(VENV) db.sqlite3 .pytest_cache .ruff_cache test-artifacts
+
+# Debian's chromium for the browser tests (tests/browser), installed only when /usr/bin/chromium is missing.
+.PHONY: browser-deps
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	else echo "chromium is missing: run 'make browser-deps' as root (apt-get install -y chromium)" >&2; fi

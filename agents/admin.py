@@ -1,19 +1,62 @@
+"""Admin for agents and runs; a run's page is its waterfall (steps and tool calls on one time axis)."""
+
+from typing import Any
+
 from django.contrib import admin
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from agents.models import Agent, Run
+from steps.admin_changelist import StepPaginator
+from steps.admin_views import run_detail_view, steps_url
 
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["name", "model_handle", "organization", "max_steps", "created_at", "deleted_at"]
+    list_display = ["name", "model_handle", "organization", "max_steps", "created_at", "deleted_at", "steps"]
     list_filter = ["organization", "model_handle"]
     search_fields = ["name", "id"]
+    list_select_related = ["organization"]
+
+    @admin.display(description="steps")
+    def steps(self, obj: Agent) -> SafeString:
+        return format_html('<a href="{}">steps →</a>', steps_url(organization=obj.organization_id, agent_id=obj.pk))
 
 
 @admin.register(Run)
 class RunAdmin(admin.ModelAdmin):
-    list_display = ["id", "agent", "status", "stop_reason", "step_count", "request_id", "created_at"]
+    list_display = ["id", "agent", "status", "stop_reason", "step_count", "duration", "request_id", "created_at"]
     list_filter = ["status", "stop_reason", "background"]
-    search_fields = ["id", "request_id", "trace_id"]
+    search_fields = ["=id", "=request_id", "=trace_id"]
+    search_help_text = "Exact run id, request id or trace id."
     list_select_related = ["agent"]
     raw_id_fields = ["agent"]
+    show_full_result_count = False
+    paginator = StepPaginator
+
+    # Runs are written by the agent loop and the ingest; the page shows the waterfall instead of a form.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        return run_detail_view(self, request, object_id)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        # Exact matches use the indexes (the admin's `=` compares UPPER() values and scans).
+        for term in search_term.split():
+            queryset = queryset.filter(Q(pk=term) | Q(request_id=term) | Q(trace_id=term))
+        return queryset, False
+
+    @admin.display(description="duration")
+    def duration(self, obj: Run) -> str:
+        if not obj.total_duration_ns:
+            return "–"
+        ms = obj.total_duration_ns / 1e6
+        return f"{ms / 1000:.2f} s" if ms >= 1000 else f"{ms:.0f} ms"
