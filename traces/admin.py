@@ -1,10 +1,13 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from steps.admin_changelist import StepPaginator
 from steps.admin_views import step_url
-from traces.models import ProviderTrace
+from traces.models import IngestBatch, ProviderTrace
+from traces.services import trace_batches_retry
 
 
 @admin.register(ProviderTrace)
@@ -14,10 +17,46 @@ class ProviderTraceAdmin(admin.ModelAdmin):
     list_display = ["step_link", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
     list_filter = ["provider", "error_type"]
     search_fields = ["=step__id"]
+    search_help_text = "Exact step id."
     raw_id_fields = ["step"]
     show_full_result_count = False
     paginator = StepPaginator
 
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        # Exact, so the (step, attempt) index answers (the admin's `=` compares UPPER() values).
+        term = search_term.strip()
+        return (queryset.filter(step_id=term), False) if term else (queryset, False)
+
     @admin.display(description="step")
     def step_link(self, obj: ProviderTrace) -> SafeString:
         return format_html('<a href="{}#provider-trace">{}</a>', step_url(obj.step_id), obj.step_id)
+
+
+@admin.register(IngestBatch)
+class IngestBatchAdmin(admin.ModelAdmin):
+    """The durable OTLP ingest queue: what was accepted, what was mapped, and why a batch failed."""
+
+    list_display = [
+        "id", "organization", "status", "span_count", "rejected_at_accept", "body_bytes", "attempts", "received_at",
+        "processed_at", "short_error",
+    ]  # fmt: skip
+    list_filter = ["status", "organization"]
+    readonly_fields = [f.name for f in IngestBatch._meta.fields if f.name != "body"]
+    exclude = ["body"]
+    actions = ["retry_failed"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: IngestBatch | None = None) -> bool:
+        return False
+
+    @admin.display(description="error")
+    def short_error(self, obj: IngestBatch) -> str:
+        return (obj.error or "")[:120]
+
+    @admin.action(description="Map the selected failed batches again")
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet) -> None:
+        queued = trace_batches_retry(batch_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{queued} failed batch(es) queued again.", messages.SUCCESS)

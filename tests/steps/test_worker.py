@@ -17,7 +17,7 @@ from tests.factories import StepFactory
 def celery_worker(redis_url, postgres, transactional_db):
     """A worker thread consuming from Redis; tasks are sent over the broker, not run eagerly."""
     saved = {k: celery_app.conf[k] for k in ("broker_url", "task_always_eager", "result_backend")}
-    celery_app.conf.update(broker_url=redis_url, task_always_eager=False, result_backend=redis_url)
+    celery_app.conf.update(broker_url=redis_url, task_always_eager=False)
     try:
         with start_worker(
             celery_app, pool="solo", queues=["default", "runs", "ingest"], perform_ping_check=False, shutdown_timeout=10
@@ -31,10 +31,9 @@ def test_worker_over_redis_fails_a_step_left_pending_by_a_dead_worker(celery_wor
     stale = StepFactory(created_at=timezone.now() - timedelta(hours=3), progression=StepProgression.STREAM_RECEIVED)
     fresh = StepFactory()
 
-    result = fail_stale_steps.apply_async(kwargs={"older_than_seconds": 3600})
-    assert result.get(timeout=30) == 1
+    fail_stale_steps.apply_async(kwargs={"older_than_seconds": 3600})
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while Step.objects.get(pk=stale.pk).status == StepStatus.PENDING and time.monotonic() < deadline:
         time.sleep(0.1)
     stale.refresh_from_db()

@@ -181,3 +181,24 @@ def test_a_real_worker_over_redis_maps_an_accepted_batch(ingest_worker, api_clie
     assert batch.status == IngestBatchStatus.DONE, batch.error
     assert Step.objects.count() == 2 and Run.objects.get().step_count == 2
     assert Message.objects.count() == 5 and ProviderTrace.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_batches_and_queues_failed_ones_again(client, organization, django_user_model):
+    body = encode_spans(_spans(_agent_trace)).SerializeToString()
+    failed = IngestBatch.objects.create(
+        organization=organization, content_type=PROTOBUF, body=body, body_bytes=len(body), span_count=2,
+        status=IngestBatchStatus.FAILED, attempts=5, error="database was restarting",
+    )  # fmt: skip
+    admin_user = django_user_model.objects.create_superuser("root", "root@example.com", "pw")
+    client.force_login(admin_user)
+
+    page = client.get("/admin/traces/ingestbatch/")
+    assert page.status_code == 200 and b"database was restarting" in page.content
+    response = client.post(
+        "/admin/traces/ingestbatch/", {"action": "retry_failed", "_selected_action": [failed.pk]}, follow=True
+    )
+    assert b"1 failed batch(es) queued again" in response.content
+    failed.refresh_from_db()
+    assert failed.status == IngestBatchStatus.DONE  # embedded mode maps it right away
+    assert Step.objects.filter(organization=organization).exists()
