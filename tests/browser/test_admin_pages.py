@@ -52,18 +52,18 @@ def test_dashboard_draws_charts_with_the_report_numbers(page, admin_data):
 
 def test_steps_list_filtered_by_error_type_shows_those_failed_steps(page, admin_data):
     org = admin_data.organization
-    _go(page, f"/admin/steps/step/?organization={org.pk}&error_type=rate_limit_error")
+    _go(page, f"/admin/steps/step/?organization={org.pk}&error_type=rate_limit")
     rows = page.evaluate(
         """[...document.querySelectorAll('#result_list tbody tr')].map(tr => ({
              status: tr.querySelector('td.field-status_display').innerText,
              model: tr.querySelector('td.field-model_handle').innerText}))"""
     )
     screenshot(page, "steps-list-error-type")
-    expected = Step.objects.filter(organization=org, error_type="rate_limit_error").count()
+    expected = Step.objects.filter(organization=org, error_type="rate_limit").count()
     assert expected > 0 and len(rows) == min(expected, 50)
-    assert all("failed" in row["status"] and "rate_limit_error" in row["status"] for row in rows)
+    assert all("failed" in row["status"] and "rate_limit" in row["status"] for row in rows)
     selected = page.evaluate("[...document.querySelectorAll('#changelist-filter li.selected a')].map(a => a.innerText)")
-    assert "rate_limit_error" in selected
+    assert "rate_limit" in selected
 
 
 def test_step_page_shows_the_chat_with_the_chart_image_the_tool_call_and_the_provider_trace(page, admin_data):

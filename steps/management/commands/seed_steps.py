@@ -68,16 +68,19 @@ MODELS = (
     ModelSpec("google", "gemini-2.5-pro", 1.25, 0.31, 10.0, 0.0, 1500, 7000, reasoning=True),
 )
 MODEL_WEIGHTS = (30, 12, 8, 6, 14, 12, 12, 6)
+# The same stable error types the provider adapters record (agents.providers.errors), so seeded data and
+# real runs group together in the reports.
 ERRORS = (
     # error_type, weight, run stop reason, provider-side (gets a provider trace with the error)
-    ("rate_limit_error", 35, StopReason.LLM_API_ERROR, True),
-    ("api_timeout", 15, StopReason.LLM_API_ERROR, True),
-    ("internal_server_error", 15, StopReason.LLM_API_ERROR, True),
-    ("api_connection_error", 10, StopReason.LLM_API_ERROR, True),
+    ("rate_limit", 35, StopReason.LLM_API_ERROR, True),
+    ("timeout", 15, StopReason.LLM_API_ERROR, True),
+    ("provider_error", 12, StopReason.LLM_API_ERROR, True),
+    ("overloaded", 5, StopReason.LLM_API_ERROR, True),
+    ("connection_error", 8, StopReason.LLM_API_ERROR, True),
     ("context_window_exceeded", 10, StopReason.LLM_API_ERROR, True),
-    ("invalid_tool_call", 8, StopReason.INVALID_TOOL_CALL, False),
-    ("content_filter", 4, StopReason.INVALID_LLM_RESPONSE, True),
-    ("invalid_llm_response", 3, StopReason.INVALID_LLM_RESPONSE, False),
+    ("malformed_stream", 4, StopReason.LLM_API_ERROR, True),
+    ("tool_error", 8, StopReason.INVALID_TOOL_CALL, False),
+    ("internal_error", 3, StopReason.ERROR, False),
 )
 FINISH_FOR_PROVIDER = {
     "openai": ("stop", "tool_calls"),
@@ -284,9 +287,9 @@ class Generator:
                 message = f"{error_type.replace('_', ' ')} from {spec.provider}"
                 row["error_data"] = {"message": message, "traceback": None, "details": {"provider": spec.provider}}
                 row["progression"] = StepProgression.START if provider_side else StepProgression.RESPONSE_RECEIVED
-                if error_type in {"api_timeout", "api_connection_error"}:
+                if error_type in {"timeout", "connection_error"}:
                     ttft_ns = None
-                    latency_ns = int(rng.uniform(10_000, 60_000) * 1e6) if error_type == "api_timeout" else 40_000_000
+                    latency_ns = int(rng.uniform(10_000, 60_000) * 1e6) if error_type == "timeout" else 40_000_000
                 run_status = RunStatus.FAILED if status == StepStatus.FAILED else RunStatus.CANCELLED
                 run_stop, run_error = stop, row["error_data"]
                 if provider_side and (detailed or rng.random() < 0.5):
