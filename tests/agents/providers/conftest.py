@@ -16,6 +16,7 @@ from agents.providers.base import BaseAdapter
 from agents.providers.replay import adapter_for_api
 from agents.providers.transport import InMemoryTransport, WireResponse
 from steps.content import MessageIn, TextContent
+from tests.conftest import IN_CI, require_service
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 RECORDINGS = REPO_ROOT.parent / "shared" / "recordings"
@@ -25,6 +26,8 @@ def manifest_cases() -> list[dict[str, Any]]:
     """The recorded cases of ../shared/recordings/manifest.json (empty when it is not there)."""
     manifest = RECORDINGS / "manifest.json"
     if not manifest.is_file():
+        if IN_CI:  # the recordings are the point of these tests: CI must not pass them vacuously
+            raise RuntimeError(f"recordings not found at {RECORDINGS} (CI has ../shared beside the checkout)")
         return []
     return json.loads(manifest.read_text())["cases"]
 
@@ -32,7 +35,7 @@ def manifest_cases() -> list[dict[str, Any]]:
 @pytest.fixture
 def recordings_dir() -> Path:
     if not RECORDINGS.is_dir():
-        pytest.skip(f"recordings not found at {RECORDINGS}")
+        require_service("the recorded provider responses", f"not found at {RECORDINGS}")
     return RECORDINGS
 
 
