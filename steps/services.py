@@ -82,7 +82,6 @@ def _validate_all(messages: Iterable[MessageIn | dict[str, Any]]) -> list[Messag
     return validated
 
 
-@transaction.atomic
 def step_start(
     *,
     organization: Organization,
@@ -146,9 +145,15 @@ def step_start(
         status=StepStatus.PENDING,
         progression=StepProgression.START,
     )
-    if step_id is not None:
-        step.id = step_id
-    step.save(force_insert=True)
+    if step_id is None:
+        step.save(force_insert=True)
+        return step
+    step.id = step_id
+    try:
+        with transaction.atomic():
+            step.save(force_insert=True)
+    except IntegrityError:  # a concurrent retry inserted it first: that step is the one
+        return Step.objects.get(pk=step_id, organization=organization)
     return step
 
 
@@ -161,27 +166,38 @@ def step_progress(*, step: Step, progression: StepProgression) -> Step:
     return step
 
 
-def _lock(step: Step) -> Step:
-    return Step.objects.select_for_update().get(pk=step.pk)
+def _end(step: Step, values: dict[str, Any]) -> Step | None:
+    """Write a step's outcome if it is still pending: the check and the write are one statement.
 
-
-def _apply_usage(step: Step, usage: Usage) -> None:
-    for name, value in usage.as_counts().items():
+    Returns the step with the values applied, or None when it had already ended (the caller decides).
+    """
+    if not Step.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(**values):
+        return None
+    for name, value in values.items():
         setattr(step, name, value)
-    step.prompt_tokens_details = usage.prompt_tokens_details
-    step.completion_tokens_details = usage.completion_tokens_details
-    cost = step_cost(provider=step.provider_name, model=step.model, usage=usage, when=step.created_at)
-    step.cost_usd, step.cost_detail = cost.usd, cost.detail
+    return step
+
+
+def _usage_values(step: Step, usage: Usage, *, model: str | None) -> dict[str, Any]:
+    cost = step_cost(provider=step.provider_name, model=model, usage=usage, when=step.created_at)
+    return {
+        **usage.as_counts(),
+        "prompt_tokens_details": usage.prompt_tokens_details,
+        "completion_tokens_details": usage.completion_tokens_details,
+        "cost_usd": cost.usd,
+        "cost_detail": cost.detail,
+    }
 
 
 _METRIC_FIELDS = [f.name for f in fields(StepMetricsIn)]
 
 
-def _set_timings(step: Step, metrics: StepMetricsIn | None) -> None:
+def _timing_values(metrics: StepMetricsIn | None) -> dict[str, Any]:
     # Denormalized onto the step for the list filters and the reports (steps.filters, steps.reports).
-    if metrics is not None:
-        step.ttft_ns = metrics.ttft_ns
-        step.latency_ns = metrics.llm_request_ns if metrics.llm_request_ns is not None else metrics.step_ns
+    if metrics is None:
+        return {}
+    latency = metrics.llm_request_ns if metrics.llm_request_ns is not None else metrics.step_ns
+    return {"ttft_ns": metrics.ttft_ns, "latency_ns": latency}
 
 
 def _save_metrics(step: Step, metrics: StepMetricsIn | None) -> None:
@@ -240,28 +256,27 @@ def step_finish(
     cancelled step is a conflict. Invalid messages reject the whole call and nothing is written.
     """
     validated = _validate_all(messages)
-    step = _lock(step)
-    if step.status == StepStatus.SUCCESS:
-        return step
-    if step.status in _FINAL:
-        raise StepConflict(f"Step already ended as {step.status}.", extra={"step_id": step.pk})
-
-    if model:
-        step.model = model
-    _apply_usage(step, usage)
-    step.finish_reason = finish_reason
-    step.stop_reason = stop_reason
-    step.response_id = response_id
-    step.status = StepStatus.SUCCESS
-    step.progression = StepProgression.FINISHED
-    step.completed_at = completed_at or timezone.now()
-    step.error_type = None
-    step.error_data = None
-    _set_timings(step, metrics)
-    step.save()
-
-    _record_outcome(step, metrics=metrics, provider_trace=provider_trace, messages=validated)
-    return step
+    values: dict[str, Any] = {"model": model or step.model}
+    values.update(_usage_values(step, usage, model=values["model"]))
+    values.update(
+        finish_reason=finish_reason,
+        stop_reason=stop_reason,
+        response_id=response_id,
+        status=StepStatus.SUCCESS,
+        progression=StepProgression.FINISHED,
+        completed_at=completed_at or timezone.now(),
+        error_type=None,
+        error_data=None,
+        **_timing_values(metrics),
+    )
+    ended = _end(step, values)
+    if ended is None:
+        current = Step.objects.get(pk=step.pk)
+        if current.status == StepStatus.SUCCESS:
+            return current
+        raise StepConflict(f"Step already ended as {current.status}.", extra={"step_id": step.pk})
+    _record_outcome(ended, metrics=metrics, provider_trace=provider_trace, messages=validated)
+    return ended
 
 
 def error_data_from(
@@ -296,23 +311,24 @@ def step_fail(
     Idempotent: failing a step that already ended returns it unchanged.
     """
     validated = _validate_all(messages)
-    step = _lock(step)
-    if step.status in _FINAL:
-        return step
     error_data = error_data_from(message=message, exc=exc, details=details)
     if traceback is not None:
         error_data["traceback"] = traceback
-    step.status = status
-    step.error_type = error_type
-    step.error_data = error_data
-    step.stop_reason = stop_reason
-    step.completed_at = completed_at or timezone.now()
+    values: dict[str, Any] = {
+        "status": status,
+        "error_type": error_type,
+        "error_data": error_data,
+        "stop_reason": stop_reason,
+        "completed_at": completed_at or timezone.now(),
+        **_timing_values(metrics),
+    }
     if usage is not None:  # a stream that broke after the provider reported usage still cost money
-        _apply_usage(step, usage)
-    _set_timings(step, metrics)
-    step.save()
-    _record_outcome(step, metrics=metrics, provider_trace=provider_trace, messages=validated)
-    return step
+        values.update(_usage_values(step, usage, model=step.model))
+    ended = _end(step, values)  # the progression reached is left as it is
+    if ended is None:
+        return Step.objects.get(pk=step.pk)
+    _record_outcome(ended, metrics=metrics, provider_trace=provider_trace, messages=validated)
+    return ended
 
 
 def step_cancel(*, step: Step, message: str = "Run cancelled.", **kwargs: Any) -> Step:
@@ -552,7 +568,8 @@ def _step_from_record(organization: Organization, record: StepRecord) -> Step:
             else StepProgression.FINISHED
         ),
     )
-    _apply_usage(step, record.usage)
+    for name, value in _usage_values(step, record.usage, model=step.model).items():
+        setattr(step, name, value)
     if failed:
         step.error_type = record.error_type
         message = record.error_message or record.error_type
