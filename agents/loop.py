@@ -43,7 +43,7 @@ from steps.services import (
     step_start,
 )
 from steps.usage import Usage
-from traces import telemetry
+from traces import otel as telemetry
 from traces.services import ProviderTraceIn
 
 logger = logging.getLogger(__name__)

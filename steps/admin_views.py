@@ -37,8 +37,8 @@ from steps.dashboard import PERIODS, by_bucket, by_bucket_and_model, dashboard_g
 from steps.models import Feedback, StepMetrics
 from steps.selectors import step_get, step_queryset
 from steps.services import step_set_feedback
+from traces.otel import trace_url
 from traces.selectors import provider_traces_for_step
-from traces.telemetry import trace_url
 
 
 def steps_url(**params: Any) -> str:

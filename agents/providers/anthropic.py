@@ -32,6 +32,7 @@ from agents.providers.base import (
 )
 from agents.providers.errors import malformed
 from agents.providers.history import (
+    append_turn,
     assistant_tool_calls,
     new_call_id,
     parse_arguments,
@@ -108,12 +109,7 @@ class AnthropicAdapter(BaseAdapter):
         out: list[dict[str, Any]] = []
 
         def add(role: str, blocks: list[dict[str, Any]]) -> None:
-            if not blocks:
-                return
-            if out and out[-1]["role"] == role:
-                out[-1]["content"].extend(blocks)
-            else:
-                out.append({"role": role, "content": blocks})
+            append_turn(out, role=role, items=blocks, key="content")
 
         for message in request.messages:
             role = message.role

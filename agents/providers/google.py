@@ -29,6 +29,7 @@ from agents.providers.base import (
 )
 from agents.providers.errors import malformed
 from agents.providers.history import (
+    append_turn,
     assistant_tool_calls,
     new_call_id,
     resolve_return,
@@ -98,12 +99,7 @@ class GoogleAdapter(BaseAdapter):
         out: list[dict[str, Any]] = []
 
         def add(role: str, parts: list[dict[str, Any]]) -> None:
-            if not parts:
-                return
-            if out and out[-1]["role"] == role:
-                out[-1]["parts"].extend(parts)
-            else:
-                out.append({"role": role, "parts": parts})
+            append_turn(out, role=role, items=parts, key="parts")
 
         for message in request.messages:
             role = message.role

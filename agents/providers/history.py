@@ -173,3 +173,14 @@ def system_text(messages: list[MessageIn]) -> str | None:
     texts = [message_text(m) for m in messages if m.role == "system"]
     texts = [t for t in texts if t]
     return "\n\n".join(texts) if texts else None
+
+
+def append_turn(turns: list[dict[str, Any]], *, role: str, items: list[dict[str, Any]], key: str) -> None:
+    """Add a turn's items (Anthropic `content` blocks, Gemini `parts`), merged into the last turn of the
+    same role: both APIs want roles to alternate."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: items})

@@ -110,6 +110,27 @@ def build_messages(request: LLMRequest) -> list[dict[str, Any]]:
     return out
 
 
+def openai_usage(raw: dict[str, Any] | None, *, prompt: str, completion: str) -> Usage:
+    """OpenAI's usage object (Chat: prompt/completion_tokens; Responses: input/output_tokens) normalized.
+
+    Cached tokens sit in `<prompt>_details.cached_tokens` and reasoning tokens in
+    `<completion>_details.reasoning_tokens`; OpenAI reports no cache writes.
+    """
+    if raw is None:
+        return Usage()
+    prompt_details = raw.get(f"{prompt}_details") or {}
+    completion_details = raw.get(f"{completion}_details") or {}
+    return Usage(
+        prompt_tokens=raw.get(prompt),
+        completion_tokens=raw.get(completion),
+        cached_input_tokens=prompt_details.get("cached_tokens"),
+        cache_write_tokens=None,
+        reasoning_tokens=completion_details.get("reasoning_tokens"),
+        prompt_tokens_details=raw,
+        completion_tokens_details=raw.get(f"{completion}_details"),
+    )
+
+
 class _ToolSlot:
     __slots__ = ("args", "id", "index", "name")
 
@@ -207,19 +228,7 @@ class ChatAccumulator(StreamAccumulator):
         if self.finish_reason is None:
             raise malformed("The Chat Completions stream ended before a finish_reason.")
         raw = usage_dict(self.usage)
-        usage = Usage()
-        if raw is not None:
-            prompt_details = raw.get("prompt_tokens_details") or {}
-            completion_details = raw.get("completion_tokens_details") or {}
-            usage = Usage(
-                prompt_tokens=raw.get("prompt_tokens"),
-                completion_tokens=raw.get("completion_tokens"),
-                cached_input_tokens=prompt_details.get("cached_tokens"),
-                cache_write_tokens=None,
-                reasoning_tokens=completion_details.get("reasoning_tokens"),
-                prompt_tokens_details=raw,
-                completion_tokens_details=raw.get("completion_tokens_details"),
-            )
+        usage = openai_usage(raw, prompt="prompt_tokens", completion="completion_tokens")
         content: list[Any] = []
         if self.reasoning:
             content.append(ReasoningContent(reasoning="".join(self.reasoning), is_native=True))

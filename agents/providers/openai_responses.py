@@ -24,7 +24,7 @@ from agents.providers.base import (
 )
 from agents.providers.errors import ProviderError, error_from_http, malformed
 from agents.providers.history import assistant_tool_calls, message_text, parse_arguments, tool_returns
-from agents.providers.openai_chat import OpenAIChatAdapter, image_url
+from agents.providers.openai_chat import OpenAIChatAdapter, image_url, openai_usage
 from steps.content import (
     FunctionCall,
     ImageContent,
@@ -35,7 +35,6 @@ from steps.content import (
     ToolCall,
     ToolCallContent,
 )
-from steps.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -211,19 +210,7 @@ class ResponsesAccumulator(StreamAccumulator):
             # An interrupted response may not list the message it was writing; keep what was streamed.
             content.append(TextContent(text="".join(self.streamed_text)))
         raw = usage_dict(response.usage)
-        usage = Usage()
-        if raw is not None:
-            input_details = raw.get("input_tokens_details") or {}
-            output_details = raw.get("output_tokens_details") or {}
-            usage = Usage(
-                prompt_tokens=raw.get("input_tokens"),
-                completion_tokens=raw.get("output_tokens"),
-                cached_input_tokens=input_details.get("cached_tokens"),
-                cache_write_tokens=None,
-                reasoning_tokens=output_details.get("reasoning_tokens"),
-                prompt_tokens_details=raw,
-                completion_tokens_details=raw.get("output_tokens_details"),
-            )
+        usage = openai_usage(raw, prompt="input_tokens", completion="output_tokens")
         incomplete = response.incomplete_details
         reason = incomplete.reason if incomplete is not None and incomplete.reason else None
         if reason:
