@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -9,12 +10,36 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from agents.models import Agent, Run
+from agents.services import model_handle_validate
+from agents.tools import validate_tool_names
+from config.errors import ApplicationError
 from steps.admin_changelist import StepPaginator
 from steps.admin_views import run_detail_view, steps_url
 
 
+class AgentForm(forms.ModelForm):
+    """The same checks as the API: a runnable model handle and registered tools."""
+
+    class Meta:
+        model = Agent
+        fields = "__all__"
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        for field, check in (("model_handle", model_handle_validate), ("tools", validate_tool_names)):
+            value = data.get(field)
+            if value is None:
+                continue
+            try:
+                check(list(value) if field == "tools" else value)
+            except ApplicationError as exc:
+                self.add_error(field, f"{exc.message} {exc.extra.get(field, '')}".strip())
+        return data
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
+    form = AgentForm
     list_display = ["name", "model_handle", "organization", "max_steps", "created_at", "deleted_at", "steps"]
     list_filter = ["organization", "model_handle"]
     search_fields = ["name", "id"]

@@ -225,3 +225,16 @@ def test_an_estimated_list_offers_nearby_pages_and_refuses_to_page_too_far_back(
     assert "p=1" in html and "p=3" not in html  # page links stop at the offset limit
     html = admin_client.get(CHANGELIST, {"organization": organization.pk, "p": "3"}).content.decode()
     assert "too far back" in html and _rows(html) == 0
+
+
+@pytest.mark.django_db
+def test_the_agent_admin_form_checks_the_model_handle_and_tools_like_the_api():
+    from agents.admin import AgentForm
+    from tests.factories import OrganizationFactory
+
+    organization = OrganizationFactory()
+    base = {"organization": organization.pk, "name": "x", "system": "", "max_steps": 3, "tags": "[]", "metadata": "{}"}
+    form = AgentForm(data={**base, "model_handle": "nope/", "tools": '["format_disk"]'})
+    assert not form.is_valid()
+    assert "model_handle" in form.errors and "tools" in form.errors
+    assert AgentForm(data={**base, "model_handle": "scripted/echo", "tools": '["get_weather"]'}).is_valid()
