@@ -22,7 +22,10 @@ class AgentForm(forms.ModelForm):
 
     class Meta:
         model = Agent
-        fields = "__all__"
+        fields = [
+            "organization", "project", "name", "model_handle", "system", "tools", "temperature", "max_output_tokens",
+            "context_window", "max_steps", "tags", "metadata", "deleted_at",
+        ]  # fmt: skip
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
