@@ -49,18 +49,20 @@ class DemoAgent:
     tools: tuple[str, ...]
     reasoning: bool
     weight: int
+    first_chunk_delay: float  # real pacing through the transport, so TTFT and latency differ by model
 
 
 AGENTS = [
     DemoAgent("support-bot", "anthropic", "claude-sonnet-4-6", "You are a friendly support agent.",
-              ("get_weather", "issue_refund"), True, 5),
+              ("get_weather", "issue_refund"), True, 5, 0.08),
     DemoAgent("research-assistant", "openai_responses", "gpt-5-mini", "You research and explain.",
-              ("get_weather", "calculator"), True, 3),
+              ("get_weather", "calculator"), True, 3, 0.06),
     DemoAgent("ops-copilot", "google", "gemini-2.5-flash", "You help the on-call engineer.",
-              ("get_weather", "current_time"), True, 3),
+              ("get_weather", "current_time"), True, 3, 0.04),
     DemoAgent("chart-helper", "openai_chat", "gpt-4o-mini", "You draw charts for the user.",
-              ("render_chart",), False, 2),
-    DemoAgent("faq-bot", "openai_chat", "gpt-4.1-mini", "You answer questions briefly.", ("get_weather",), False, 3),
+              ("render_chart",), False, 2, 0.03),
+    DemoAgent("faq-bot", "openai_chat", "gpt-4.1-mini", "You answer questions briefly.", ("get_weather",), False, 3,
+              0.02),
 ]  # fmt: skip
 
 
@@ -136,7 +138,10 @@ def _scenarios(spec: DemoAgent, rng: random.Random) -> dict[str, str]:
     handles = {}
     for kind, turns in [("ok", _happy(spec, rng)), *((kind, make()) for kind, make in ERRORS.items())]:
         name = f"demo-{spec.name}-{kind}"
-        register_scenario(Scenario(name, spec.api, spec.model, turns, description=f"demo: {kind}"))
+        register_scenario(
+            Scenario(name, spec.api, spec.model, turns, description=f"demo: {kind}",
+                     first_chunk_delay=spec.first_chunk_delay, chunk_delay=0.002)
+        )  # fmt: skip
         handles[kind] = f"scripted/{name}"
     slow = f"demo-{spec.name}-slow"
     register_scenario(Scenario(slow, spec.api, spec.model, [Turn(text="word " * 80, chunk_chars=4)], chunk_delay=0.02))
@@ -168,7 +173,8 @@ def _when(rng: random.Random, now: datetime) -> datetime:
     days_ago = min(rng.expovariate(0.35), 6.9)
     moment = now - timedelta(days=days_ago)
     hour = int(rng.triangular(6, 22, 14))
-    return moment.replace(hour=hour, minute=rng.randint(0, 59), second=rng.randint(0, 59))
+    moment = moment.replace(hour=hour, minute=rng.randint(0, 59), second=rng.randint(0, 59))
+    return min(moment, now - timedelta(minutes=rng.randint(1, 90)))  # never in the future
 
 
 def _execute_and_close(run_id: str) -> None:
@@ -210,6 +216,8 @@ def seed_demo(*, organization: Organization, runs: int = 300, seed: int = 7, log
             question = rng.choice(QUESTIONS)
             if "Plot" in question and "render_chart" not in spec.tools:
                 question = QUESTIONS[0]
+            elif "render_chart" in spec.tools and rng.random() < 0.95:
+                question = QUESTIONS[3]  # the chart agent is asked for charts (now and then for the weather)
             slow = index in (runs // 3, 2 * runs // 3)  # a couple of runs the user cancels mid-stream
             kind = "slow" if slow else ("ok" if rng.random() >= 0.16 else rng.choice(list(ERRORS)))
             agent = agents[spec.name]
