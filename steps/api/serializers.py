@@ -252,7 +252,18 @@ class RequestSerializer(serializers.Serializer):
     errors = RequestErrorSerializer(many=True)
 
 
-class StepUsageSerializer(serializers.Serializer):
+class TokenCountsSerializer(serializers.Serializer):
+    """The normalized token counts (null: not reported)."""
+
+    prompt_tokens = serializers.IntegerField(allow_null=True)
+    completion_tokens = serializers.IntegerField(allow_null=True)
+    total_tokens = serializers.IntegerField(allow_null=True)
+    cached_input_tokens = serializers.IntegerField(allow_null=True)
+    cache_write_tokens = serializers.IntegerField(allow_null=True)
+    reasoning_tokens = serializers.IntegerField(allow_null=True)
+
+
+class StepUsageSerializer(TokenCountsSerializer):
     id = serializers.CharField()
     step_number = serializers.IntegerField(allow_null=True)
     attempt = serializers.IntegerField()
@@ -260,27 +271,15 @@ class StepUsageSerializer(serializers.Serializer):
     provider_name = serializers.CharField(allow_null=True)
     model = serializers.CharField(allow_null=True)
     model_handle = serializers.CharField(allow_null=True)
-    prompt_tokens = serializers.IntegerField(allow_null=True)
-    completion_tokens = serializers.IntegerField(allow_null=True)
-    total_tokens = serializers.IntegerField(allow_null=True)
-    cached_input_tokens = serializers.IntegerField(allow_null=True)
-    cache_write_tokens = serializers.IntegerField(allow_null=True)
-    reasoning_tokens = serializers.IntegerField(allow_null=True)
     cost_usd = serializers.DecimalField(max_digits=20, decimal_places=10, coerce_to_string=False, allow_null=True)
     ttft_ns = serializers.IntegerField(allow_null=True)
     latency_ns = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
 
 
-class RunUsageTotalsSerializer(serializers.Serializer):
+class RunUsageTotalsSerializer(TokenCountsSerializer):
     steps = serializers.IntegerField()
     failed_steps = serializers.IntegerField()
-    prompt_tokens = serializers.IntegerField(allow_null=True)
-    completion_tokens = serializers.IntegerField(allow_null=True)
-    total_tokens = serializers.IntegerField(allow_null=True)
-    cached_input_tokens = serializers.IntegerField(allow_null=True)
-    cache_write_tokens = serializers.IntegerField(allow_null=True)
-    reasoning_tokens = serializers.IntegerField(allow_null=True)
     cost_usd = serializers.DecimalField(max_digits=24, decimal_places=10, coerce_to_string=False, allow_null=True)
 
 
