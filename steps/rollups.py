@@ -101,11 +101,19 @@ def step_rollup_add(*, step: Step) -> None:
     ops = connection.ops
     values = {**_dimensions(step), **_measures(step), "organization_id": step.organization_id}
     values["cost_usd"] = ops.adapt_decimalfield_value(values["cost_usd"], 24, 10)
+    statements = []
+    for model, bucket in ((StepRollupHour, hour_of(step.created_at)), (StepRollupDay, day_of(step.created_at))):
+        sql, columns = _upsert_sql(model)
+        row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
+        statements.append((sql, [row[c] for c in columns]))
     with connection.cursor() as cursor:
-        for model, bucket in ((StepRollupHour, hour_of(step.created_at)), (StepRollupDay, day_of(step.created_at))):
-            sql, columns = _upsert_sql(model)
-            row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
-            cursor.execute(sql, [row[c] for c in columns])
+        if connection.vendor == "postgresql":
+            # Both upserts in one round trip (a data-modifying CTE): this runs once per step on the hot path.
+            (hour_sql, hour_params), (day_sql, day_params) = statements
+            cursor.execute(f"WITH hour_row AS ({hour_sql} RETURNING 1) {day_sql}", [*hour_params, *day_params])
+        else:
+            for sql, params in statements:
+                cursor.execute(sql, params)
 
 
 # --- rebuild ------------------------------------------------------------------------------------
