@@ -16,7 +16,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.models import Sum
 
 from agents.models import Agent, Run, RunStatus, StopReason
 from agents.providers import (
@@ -33,6 +32,7 @@ from agents.streams import DONE, get_run_stream
 from agents.tools import Tool, execute_tool, get_tool
 from steps.content import MessageIn
 from steps.models import Message, Step, StepProgression, StepStatus
+from steps.selectors import USAGE_FIELDS, run_usage_totals
 from steps.services import (
     StepMetricsIn,
     messages_create,
@@ -41,6 +41,7 @@ from steps.services import (
     step_finish,
     step_progress,
     step_start,
+    steps_fail_pending,
 )
 from steps.usage import Usage
 from traces import otel as telemetry
@@ -332,41 +333,13 @@ def _stop_for_answer(*, result: LLMResult, agent: Agent) -> str | None:
 # --- the run ----------------------------------------------------------------------------------
 
 
-def _usage_totals(run: Run) -> dict[str, Any]:
-    totals = Step.objects.filter(run=run).aggregate(
-        prompt_tokens=Sum("prompt_tokens"),
-        completion_tokens=Sum("completion_tokens"),
-        total_tokens=Sum("total_tokens"),
-        cached_input_tokens=Sum("cached_input_tokens"),
-        cache_write_tokens=Sum("cache_write_tokens"),
-        reasoning_tokens=Sum("reasoning_tokens"),
-        cost_usd=Sum("cost_usd"),
-    )
-    totals = {k: (v or 0) for k, v in totals.items()}
-    totals["cost_usd"] = float(totals["cost_usd"])
-    totals["step_count"] = Step.objects.filter(run=run).count()
-    return totals
-
-
 def run_usage(*, run: Run) -> dict[str, Any]:
-    """Token and cost totals of a run's steps (every attempt counts: each was billed)."""
-    return _usage_totals(run)
-
-
-def _recover_interrupted(run: Run) -> None:
-    """Fail the steps a dead worker left pending, keeping the progression they reached."""
-    for step in Step.objects.filter(run=run, status=StepStatus.PENDING):
-        step_fail(
-            step=step,
-            error_type="worker_lost",
-            message="The worker running this step stopped before finishing it; the run was resumed.",
-            stop_reason=None,
-        )
-
-
-def _sleep_or_cancel(seconds: float, cancel: threading.Event) -> bool:
-    """Sleep for a backoff; True when cancelled meanwhile."""
-    return cancel.wait(seconds)
+    """Token and cost totals of a run's steps as the run API and stream report them (every attempt counts)."""
+    totals = run_usage_totals(run_id=run.pk)
+    usage: dict[str, Any] = {name: totals[name] or 0 for name in USAGE_FIELDS}
+    usage["cost_usd"] = float(totals["cost_usd"] or 0)
+    usage["step_count"] = totals["steps"]
+    return usage
 
 
 def _backoff(attempt: int, error: ProviderError) -> float:
@@ -391,7 +364,12 @@ def run_execute(*, run_id: str) -> Run:
     if run.cancel_requested_at is not None:
         return _finish(run, RunStatus.CANCELLED, StopReason.CANCELLED, _Publisher(run), None)
     run = run_mark_running(run=run)
-    _recover_interrupted(run)
+    # A re-delivered run: the step in flight when the worker died will never finish; close it truthfully.
+    steps_fail_pending(
+        steps=Step.objects.filter(run=run),
+        error_type="worker_lost",
+        message="The worker running this step stopped before finishing it; the run was resumed.",
+    )
     cancel = cancel_event_for(run.pk)
     publish = _Publisher(run)
     state = _RunState(run)
@@ -404,7 +382,10 @@ def run_execute(*, run_id: str) -> Run:
     except Exception as exc:  # an unexpected bug still ends the run truthfully
         logger.exception("run %s failed", run.pk)
         _reconnect_if_broken()
-        _recover_interrupted_as_error(run, exc)
+        steps_fail_pending(
+            steps=Step.objects.filter(run=run), error_type="internal_error", message=str(exc), exc=exc,
+            stop_reason=StopReason.ERROR,
+        )  # fmt: skip
         status, stop_reason, error = (
             RunStatus.FAILED,
             StopReason.ERROR,
@@ -420,11 +401,6 @@ def _reconnect_if_broken() -> None:
     """After a database restart the old connection is dead; drop it so the next query reconnects."""
     if connection.connection is not None and not connection.in_atomic_block and not connection.is_usable():
         connection.close()
-
-
-def _recover_interrupted_as_error(run: Run, exc: Exception) -> None:
-    for step in Step.objects.filter(run=run, status=StepStatus.PENDING):
-        step_fail(step=step, error_type="internal_error", message=str(exc), exc=exc, stop_reason=StopReason.ERROR)
 
 
 def _finish(
@@ -444,7 +420,7 @@ def _finish(
         publish("error_message", error_type=error.get("error_type", "error"), message=error.get("message", ""),
                 detail=error)  # fmt: skip
     publish("stop_reason", stop_reason=stop_reason)
-    publish("usage_statistics", **_usage_totals(run))
+    publish("usage_statistics", **run_usage(run=run))
     publish.done()
     return run
 
@@ -569,7 +545,7 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
                     return RunStatus.FAILED, StopReason.LLM_API_ERROR, error.as_dict()
                 publish("retry_message", step_id=step.pk, attempt=attempt, error_type=error.error_type,
                         message=error.message)  # fmt: skip
-                if _sleep_or_cancel(_backoff(attempt, error), cancel):
+                if cancel.wait(_backoff(attempt, error)):  # True when cancelled during the backoff
                     return RunStatus.CANCELLED, StopReason.CANCELLED, None
                 continue
 

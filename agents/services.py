@@ -195,8 +195,11 @@ def run_cancel(*, run: Run) -> Run:
 
 
 @transaction.atomic
-def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: str = "") -> Run:
-    """Record a human's decision on a tool call awaiting approval; the caller resumes the run."""
+def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: str = "") -> set[str]:
+    """Record a human's decision on a tool call awaiting approval.
+
+    Returns the tool call ids still awaiting a decision; when it is empty the caller resumes the run.
+    """
     from agents.loop import APPROVED, DENIED, pending_tool_calls
     from steps.models import Step
     from steps.services import messages_create
@@ -229,8 +232,7 @@ def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: s
             }
         ],
     )
-    run.undecided = awaiting - set(pending.decisions) - {tool_call_id}
-    return run
+    return awaiting - set(pending.decisions) - {tool_call_id}
 
 
 def _execute_in_thread(run_id: str) -> None:

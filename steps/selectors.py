@@ -81,18 +81,23 @@ def step_metrics_get(*, organization: Organization, step_id: str) -> StepMetrics
         return StepMetrics(step=step)
 
 
+def run_usage_totals(*, run_id: str) -> dict[str, Any]:
+    """A run's step count, failed steps, token sums and cost, summed by the database (every attempt counts)."""
+    return Step.objects.filter(run_id=run_id).aggregate(
+        steps=Count("pk"),
+        failed_steps=Count("pk", filter=Q(status=StepStatus.FAILED)),
+        cost_usd=Sum("cost_usd"),
+        **{name: Sum(name) for name in USAGE_FIELDS},
+    )
+
+
 def run_usage(*, organization: Organization, run_id: str) -> dict[str, Any]:
     """The usage of every step of a run (however many), with the run's totals summed by the database."""
     run = Run.objects.filter(organization=organization, pk=run_id).only("pk", "agent_id", "request_id").first()
     if run is None:
         raise NotFound("Run not found.", extra={"run_id": run_id})
     steps = Step.objects.filter(run=run)
-    totals = steps.aggregate(
-        steps=Count("pk"),
-        failed_steps=Count("pk", filter=Q(status=StepStatus.FAILED)),
-        cost_usd=Sum("cost_usd"),
-        **{name: Sum(name) for name in USAGE_FIELDS},
-    )
+    totals = run_usage_totals(run_id=run.pk)
     columns = ["id", "step_number", "attempt", "status", "provider_name", "model", "model_handle", *USAGE_FIELDS]
     columns += ["cost_usd", "ttft_ns", "latency_ns", "created_at"]
     rows = list(steps.order_by("created_at", "id").values(*columns))

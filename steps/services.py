@@ -14,7 +14,7 @@ from enum import Enum
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, Max, Value, When
+from django.db.models import Case, F, Max, QuerySet, Value, When
 from django.db.models.base import ModelState
 from django.utils import timezone
 from pydantic import TypeAdapter
@@ -433,22 +433,33 @@ def step_set_feedback(
     return step
 
 
-def steps_fail_stale(*, older_than: timedelta) -> int:
-    """Fail every step still pending after `older_than` (its worker died and nothing will finish it).
+def steps_fail_pending(
+    *,
+    steps: QuerySet[Step],
+    error_type: str,
+    message: str,
+    exc: BaseException | None = None,
+    stop_reason: str | None = None,
+) -> int:
+    """Fail every still-pending step of `steps` (nothing will finish them); each keeps its progression.
 
-    Returns how many were failed. Each keeps the progression it reached, so the failure point is known.
+    Returns how many this call failed (a step another writer ended meanwhile is left as it is).
     """
-    cutoff = timezone.now() - older_than
     failed = 0
-    for step in Step.objects.filter(status=StepStatus.PENDING, created_at__lt=cutoff).only("pk").iterator():
-        ended = step_fail(
-            step=step,
-            error_type="worker_lost",
-            message=f"Step was still pending after {older_than}; its worker stopped before finishing it.",
-            stop_reason=StopReason.ERROR,
-        )
-        failed += ended.error_type == "worker_lost"
+    for step in steps.filter(status=StepStatus.PENDING).iterator():
+        ended = step_fail(step=step, error_type=error_type, message=message, exc=exc, stop_reason=stop_reason)
+        failed += ended.error_type == error_type
     return failed
+
+
+def steps_fail_stale(*, older_than: timedelta) -> int:
+    """Fail every step still pending after `older_than` (its worker died and nothing will finish it)."""
+    return steps_fail_pending(
+        steps=Step.objects.filter(created_at__lt=timezone.now() - older_than),
+        error_type="worker_lost",
+        message=f"Step was still pending after {older_than}; its worker stopped before finishing it.",
+        stop_reason=StopReason.ERROR,
+    )
 
 
 # --- bulk recording (OTLP ingest) ---------------------------------------------------------------------------------

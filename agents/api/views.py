@@ -179,10 +179,10 @@ class RunApprovalApi(APIView):
     def post(self, request: Request, run_id: str) -> Response:
         run = selectors.run_get(organization=request_organization(request), run_id=run_id)
         data = _validated(ApprovalSerializer, request.data)
-        run = services.run_decide_approval(
+        still_awaiting = services.run_decide_approval(
             run=run, tool_call_id=data["tool_call_id"], approve=data["approve"], reason=data["reason"]
         )
-        if not run.undecided:
+        if not still_awaiting:
             services.run_dispatch(run=run, wait=not run.background and settings.CELERY_TASK_ALWAYS_EAGER)
         run.refresh_from_db()
         return Response(RunSerializer(run).data)

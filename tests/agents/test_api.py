@@ -149,10 +149,15 @@ def test_async_returns_202_and_the_run_finishes_in_the_background(api_client, ma
     assert [r["id"] for r in api_client.get("/v1/runs?agent_id=" + agent.pk).json()] == [run_id]
 
 
-def test_runs_list_rejects_bad_parameters(api_client):
-    assert api_client.get("/v1/runs?limit=abc").status_code == 400
-    assert api_client.get("/v1/runs?status=flying").status_code == 400
-    assert api_client.get("/v1/runs/run-x/stream?starting_after=-1").status_code == 404  # unknown run first
+def test_runs_list_rejects_bad_parameters(api_client, make_agent):
+    assert api_client.get("/v1/runs?limit=abc").json()["detail"] == {"limit": "must be an integer"}
+    assert api_client.get("/v1/runs?limit=0").status_code == 400
+    assert "status" in api_client.get("/v1/runs?status=flying").json()["detail"]
+    agent = make_agent("scripted/echo")
+    run = Run.objects.create(organization=agent.organization, agent=agent, request_id="r")
+    response = api_client.get(f"/v1/runs/{run.pk}/stream?starting_after=-1")
+    assert response.status_code == 400 and "starting_after" in response.json()["detail"]
+    assert api_client.get("/v1/runs/run-x/stream").status_code == 404
 
 
 def test_approval_endpoint_resumes_the_run(api_client, make_agent, scenario):

@@ -9,6 +9,7 @@ from agents.loop import run_execute
 from agents.models import RunStatus, StopReason
 from agents.providers import ErrorSpec, ToolCallSpec, Turn, TurnUsage
 from agents.services import run_cancel, run_decide_approval, run_start
+from config.errors import ApplicationError
 from steps.models import Message, Step, StepMetrics, StepProgression, StepStatus
 from traces.models import ProviderTrace
 
@@ -168,7 +169,7 @@ def test_approval_pauses_the_run_and_approving_runs_the_tool(scenario, make_agen
     assert Message.objects.filter(run=run, role="approval", name="approval_request").exists()
     assert not Message.objects.filter(run=run, role="tool").exists()
 
-    run = run_decide_approval(run=run, tool_call_id="call_r", approve=True)
+    assert run_decide_approval(run=run, tool_call_id="call_r", approve=True) == set()
     run = run_execute(run_id=run.pk)
 
     assert (run.status, run.stop_reason) == (RunStatus.COMPLETED, StopReason.END_TURN)
@@ -200,7 +201,7 @@ def test_approval_for_an_unknown_call_is_rejected(scenario, make_agent):
         [Turn(tool_calls=[ToolCallSpec(name="issue_refund", arguments={"order_id": "C", "amount": 1}, id="c1")])],
     )
     run = _run(make_agent(handle, tools=["issue_refund"]))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ApplicationError) as info:
         run_decide_approval(run=run, tool_call_id="nope", approve=True)
     assert info.value.status_code == 400
 
