@@ -95,6 +95,7 @@ def main() -> None:
     if connection.vendor != "postgresql":
         sys.exit("Run against PostgreSQL: DATABASE_URL=postgres://...")
     settings.DEBUG = False  # no query log growing in memory
+    call_command("migrate", "--noinput", verbosity=0)  # a new database needs the tables first
 
     organization = _seed(args.organization, args.count)
     client = _client(organization)

@@ -1,15 +1,14 @@
 """Serializers of the steps API: steps, pages, typed messages, reports; also the OpenAPI shapes."""
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
-from django.db import models
 from drf_spectacular.utils import PolymorphicProxySerializer
 from rest_framework import serializers
 
 from agents.models import Run
-from steps.models import Feedback, Step, StepMetrics, StepProgression
+from config.representation import Representation
+from steps.models import Feedback, Step, StepMetrics
 from traces.models import ProviderTrace
 
 
@@ -34,43 +33,20 @@ class StepSerializer(serializers.ModelSerializer):
         exclude = ["organization", "project", "agent", "run"]
 
 
-def _datetime(value: datetime | None) -> str | None:
-    """As DRF's DateTimeField renders it: ISO 8601 in UTC with a Z."""
-    if value is None:
-        return None
-    text = value.astimezone(UTC).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
-_STEP_ATTNAMES = [f.attname for f in Step._meta.concrete_fields]
-_STEP_DATETIMES = {f.attname for f in Step._meta.concrete_fields if isinstance(f, models.DateTimeField)}
-_PROGRESSION_LABELS = dict(StepProgression.choices)
-
-
-def step_data(step: Step) -> dict[str, Any]:
-    """Exactly what StepSerializer renders, built directly: DRF's field machinery costs about 1 ms per row,
-    which is most of a 50-row page."""
-    data: dict[str, Any] = {}
-    for name in _STEP_ATTNAMES:
-        value = getattr(step, name)
-        if name in _STEP_DATETIMES:
-            value = _datetime(value)
-        data[name] = value
-    data["progression"] = _PROGRESSION_LABELS.get(step.progression, str(step.progression))
-    data["cost_usd"] = None if step.cost_usd is None else float(step.cost_usd)
-    return data
+STEP = Representation(StepSerializer)
+STEP_METRICS = Representation(StepMetricsSerializer)
 
 
 def steps_data(steps: Iterable[Step], *, with_metrics: bool = False) -> list[dict[str, Any]]:
-    rows = []
-    for step in steps:
-        row = step_data(step)
-        if with_metrics:
+    """What StepSerializer (or StepWithMetricsSerializer) renders, without DRF's per-row field machinery."""
+    steps = list(steps)
+    rows = STEP.many(steps)
+    if with_metrics:
+        for row, step in zip(rows, steps, strict=True):
             try:
-                row["metrics"] = StepMetricsSerializer(step.metrics).data
+                row["metrics"] = STEP_METRICS.one(step.metrics)
             except StepMetrics.DoesNotExist:
                 row["metrics"] = None
-        rows.append(row)
     return rows
 
 
@@ -241,6 +217,11 @@ class RequestErrorSerializer(serializers.Serializer):
     message = serializers.CharField(allow_null=True)
     data = serializers.JSONField(allow_null=True)
     created_at = serializers.DateTimeField(allow_null=True)
+
+
+PROVIDER_TRACE = Representation(ProviderTraceSerializer)
+REQUEST_RUN = Representation(RequestRunSerializer)
+REQUEST_ERROR = Representation(RequestErrorSerializer)
 
 
 class RequestSerializer(serializers.Serializer):

@@ -134,7 +134,7 @@ class StepMetricsApi(APIView):
     def get(self, request: Request, step_id: str) -> Response:
         _check_params(request, allowed=set())
         metrics = step_metrics_get(organization=request_organization(request), step_id=step_id)
-        return Response(s.StepMetricsSerializer(metrics).data)
+        return Response(s.STEP_METRICS.one(metrics))
 
 
 class StepTraceParamsSerializer(serializers.Serializer):
@@ -155,7 +155,7 @@ class StepTraceApi(APIView):
         organization = request_organization(request)
         trace = provider_trace_get(organization=organization, step_id=step_id, attempt=params.get("attempt"))
         attempts = [t.attempt for t in provider_traces_for_step(organization=organization, step_id=step_id)]
-        return Response({**s.ProviderTraceSerializer(trace).data, "attempts": attempts})
+        return Response({**s.PROVIDER_TRACE.one(trace), "attempts": attempts})
 
 
 class StepFeedbackApi(APIView):
@@ -170,7 +170,7 @@ class StepFeedbackApi(APIView):
             organization=request_organization(request), step_id=step_id, feedback=data.get("feedback"),
             set_feedback="feedback" in request.data, add_tags=data["add_tags"], remove_tags=data["remove_tags"],
         )  # fmt: skip
-        return Response(s.StepSerializer(step).data)
+        return Response(s.STEP.one(step))
 
 
 def _request_errors(record: Any) -> list[dict[str, Any]]:
@@ -209,11 +209,11 @@ class RequestDetailApi(APIView):
         return Response(
             {
                 "request_id": record.request_id,
-                "runs": s.RequestRunSerializer(record.runs, many=True).data,
+                "runs": s.REQUEST_RUN.many(record.runs),
                 "steps": s.steps_data(record.steps, with_metrics=True),
                 "messages": render_messages(record.messages),
-                "provider_traces": s.ProviderTraceSerializer(record.provider_traces, many=True).data,
-                "errors": s.RequestErrorSerializer(_request_errors(record), many=True).data,
+                "provider_traces": s.PROVIDER_TRACE.many(record.provider_traces),
+                "errors": s.REQUEST_ERROR.many(_request_errors(record)),
             }
         )
 

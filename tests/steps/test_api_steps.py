@@ -7,6 +7,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
+from agents.models import Run
 from steps.models import Step
 from tests.factories import (
     AgentFactory,
@@ -387,21 +388,57 @@ def test_postgres_filters_use_json_operators(postgres, api_client, agent):
     assert _list(api_client, tags="a,b", tags_match="all", **{"metadata.n": "2"}) == [kept.id]
 
 
-def test_fast_step_rendering_equals_the_drf_serializer(agent):
+def _as_json(data):
     import json
 
     from rest_framework.renderers import JSONRenderer
 
-    from steps.api.serializers import StepSerializer, step_data
+    return json.loads(JSONRenderer().render(data))
 
-    step = StepFactory(
-        agent=agent, run=RunFactory(agent=agent), project=ProjectFactory(organization=agent.organization),
-        cost_usd="0.0012345678", completed_at=T0 + timedelta(seconds=3), created_at=T0, tags=["a"],
+
+def test_fast_renderings_equal_the_drf_serializers(agent):
+    """Every Representation the read endpoints use renders exactly what its DRF serializer does:
+    filled-in rows, rows of nulls, decimals, datetimes with microseconds, JSON, method fields."""
+    from steps.api import serializers as s
+    from traces.models import ProviderTrace
+
+    run = RunFactory(
+        agent=agent, status="failed", stop_reason="error", metadata={"a": [1, {"b": None}]},
+        error_data={"message": "boom", "error_type": "timeout"}, ttft_ns=12, total_duration_ns=34,
+        completed_at=T0 + timedelta(seconds=5, microseconds=123),
+    )  # fmt: skip
+    bare_run = RunFactory(agent=None, organization=agent.organization)
+    full = StepFactory(
+        agent=agent, run=run, project=ProjectFactory(organization=agent.organization),
+        cost_usd="0.0012345678", completed_at=T0 + timedelta(seconds=3, microseconds=7), created_at=T0, tags=["a"],
         metadata={"k": 1}, error_data={"message": "x"}, progression=5, ttft_ns=5, latency_ns=6,
     )  # fmt: skip
-    step = Step.objects.get(pk=step.pk)
+    bare = StepFactory(agent=None, organization=agent.organization, provider_name=None, model=None, model_handle=None)
+    StepMetricsFactory(step=full)
+    StepMetricsFactory(step=bare, ttft_ns=None, llm_request_ns=None, step_ns=None)
+    ProviderTraceFactory(step=full, error_type="rate_limit", error_message="slow down")
+    ProviderTraceFactory(step=bare, response_json=None, latency_ms=None)
 
-    def rendered(data):
-        return json.loads(JSONRenderer().render(data))
-
-    assert rendered(step_data(step)) == rendered(StepSerializer(step).data)
+    steps = list(Step.objects.filter(pk__in=[full.pk, bare.pk]).select_related("metrics"))
+    runs = [Run.objects.select_related("agent").get(pk=pk) for pk in (run.pk, bare_run.pk)]
+    traces = list(ProviderTrace.objects.filter(step__in=steps))
+    errors = [
+        {"source": "run", "run_id": run.pk, "step_id": None, "error_type": "timeout", "message": "boom",
+         "data": run.error_data, "created_at": run.completed_at},
+        {"source": "step", "run_id": None, "step_id": bare.pk, "error_type": None, "message": None, "data": None,
+         "created_at": None},
+    ]  # fmt: skip
+    cases = [
+        (s.STEP, s.StepSerializer, steps),
+        (s.STEP_METRICS, s.StepMetricsSerializer, [step.metrics for step in steps]),
+        (s.PROVIDER_TRACE, s.ProviderTraceSerializer, traces),
+        (s.REQUEST_RUN, s.RequestRunSerializer, runs),
+        (s.REQUEST_ERROR, s.RequestErrorSerializer, errors),
+    ]
+    for fast, serializer, instances in cases:
+        assert len(instances) == 2
+        assert _as_json(fast.many(instances)) == _as_json(serializer(instances, many=True).data), serializer
+        assert list(fast.one(instances[0])) == list(serializer(instances[0]).data), serializer  # same key order
+    with_metrics = s.steps_data(steps, with_metrics=True)
+    assert _as_json(with_metrics) == _as_json(s.StepWithMetricsSerializer(steps, many=True).data)
+    assert any(row["cost_usd"] == 0.0012345678 and row["completed_at"].endswith(".000007Z") for row in with_metrics)
