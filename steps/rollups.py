@@ -255,8 +255,8 @@ class RollupRow:
 
     counts: dict[str, int]
     cost_usd: Decimal
-    latency: list[int]
-    ttft: list[int]
+    latency: Sequence[int]
+    ttft: Sequence[int]
 
     @classmethod
     def from_sums(cls, sums: Sequence[Any]) -> "RollupRow":
@@ -265,8 +265,9 @@ class RollupRow:
         return cls(
             counts={name: int(value or 0) for name, value in zip(COUNT_COLUMNS, sums[:n], strict=True)},
             cost_usd=Decimal(sums[n] or 0),
-            latency=[v or 0 for v in sums[n + 1 : n + 1 + BUCKETS]],
-            ttft=[v or 0 for v in sums[n + 1 + BUCKETS :]],
+            # Sums over at least one row of NOT NULL columns: never null (empty groups are skipped).
+            latency=sums[n + 1 : n + 1 + BUCKETS],
+            ttft=sums[n + 1 + BUCKETS :],
         )
 
     def merge(self, other: "RollupRow") -> None:
