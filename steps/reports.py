@@ -31,7 +31,15 @@ from config.errors import ApplicationError
 from steps.filters import StepFilterSet, step_filterset
 from steps.histograms import percentiles_from_counts
 from steps.models import StepStatus
-from steps.rollups import COUNT_COLUMNS, ROLLUP_FILTERS, RollupRow, hour_ceil, hour_of, rollup_totals
+from steps.rollups import (
+    COUNT_COLUMNS,
+    ROLLUP_FILTERS,
+    RollupRow,
+    hour_ceil,
+    hour_of,
+    rollup_step_counts,
+    rollup_totals,
+)
 
 TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
 # group_by name -> step column (time units are truncations of created_at).
@@ -379,10 +387,10 @@ def _step_totals(
     if inner_start is not None and inner_end is not None and inner_start >= inner_end:
         return _count_steps(ended, group_by), "steps"  # less than an hour: the steps are few
     columns = [ERROR_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
-    totals = rollup_totals(
+    totals = rollup_step_counts(
         organization=organization, start=inner_start, end=inner_end, filters=rollup_filters, group_by=columns
     )
-    counts = {tuple(_iso(v) if v != "" else None for v in key): row.counts["steps"] for key, row in totals.items()}
+    counts = {tuple(_iso(v) if v != "" else None for v in key): steps for key, steps in totals.items()}
     edges = []
     if start is not None and inner_start != start:
         edges.append(ended.filter(created_at__lt=inner_start))

@@ -316,21 +316,59 @@ def rollup_totals(
     `filters` maps ROLLUP_FILTERS names to accepted values; `group_by` holds rollup columns and/or
     hour/day/week. Keys of the result are tuples in `group_by` order.
     """
+    rows = _grouped_sums(organization, start, end, filters, group_by, MEASURE_COLUMNS)
+    if rows is None:
+        return None
+    result: dict[tuple[Any, ...], RollupRow] = {}
+    for key, sums in rows:
+        summed = RollupRow.from_sums(sums)
+        if key in result:
+            result[key].merge(summed)
+        else:
+            result[key] = summed
+    return result
+
+
+def rollup_step_counts(
+    *,
+    organization: Organization,
+    start: datetime | None,
+    end: datetime | None,
+    filters: dict[str, Sequence[str]],
+    group_by: Sequence[str],
+) -> dict[tuple[Any, ...], int] | None:
+    """Ended steps per group (as rollup_totals, summing the one column a count needs)."""
+    rows = _grouped_sums(organization, start, end, filters, group_by, ("steps",))
+    if rows is None:
+        return None
+    result: dict[tuple[Any, ...], int] = {}
+    for key, (steps,) in rows:
+        result[key] = result.get(key, 0) + int(steps)
+    return result
+
+
+def _grouped_sums(
+    organization: Organization,
+    start: datetime | None,
+    end: datetime | None,
+    filters: dict[str, Sequence[str]],
+    group_by: Sequence[str],
+    columns: Sequence[str],
+) -> list[tuple[tuple[Any, ...], Sequence[Any]]] | None:
+    """(group key, sums of `columns`) per group and segment, or None when the range is not on whole hours.
+
+    A group spanning segments (hours at a ragged start, days, hours at a ragged end) appears once per
+    segment; the callers add them up."""
     time_unit = next((g for g in group_by if g in _TRUNC), None)
     segments = rollup_segments(start=start, end=end, hourly=time_unit == "hour")
     if segments is None:
         return None
-    result: dict[tuple[Any, ...], RollupRow] = {}
     keys = len(group_by)
+    result = []
     for model, seg_start, seg_end in segments:
-        for row in _segment_rows(model, organization, seg_start, seg_end, filters, group_by):
-            if not row[keys]:  # no steps (an empty aggregate)
-                continue
-            key, summed = tuple(row[:keys]), RollupRow.from_sums(row[keys:])
-            if key in result:
-                result[key].merge(summed)
-            else:
-                result[key] = summed
+        for row in _segment_rows(model, organization, seg_start, seg_end, filters, group_by, columns):
+            if row[keys]:  # else no steps (an empty aggregate)
+                result.append((tuple(row[:keys]), row[keys:]))
     return result
 
 
@@ -341,15 +379,16 @@ def _segment_rows(
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
+    columns: Sequence[str],
 ) -> list[tuple[Any, ...]]:
-    """Group keys then the summed MEASURE_COLUMNS, one tuple per group."""
+    """Group keys then the sums of `columns` (the first of them a count of steps), one tuple per group."""
     if connection.vendor == "postgresql":
-        return _segment_rows_postgres(model, organization, start, end, filters, group_by)
+        return _segment_rows_postgres(model, organization, start, end, filters, group_by, columns)
     qs: QuerySet = model.objects.filter(_range_q(start, end, "bucket"), organization=organization)
     for name, values in filters.items():
         column = ROLLUP_FILTERS[name]
         qs = qs.filter(**{f"{column}__in": list(values)})
-    sums = {f"sum_{c}": Sum(c) for c in MEASURE_COLUMNS}
+    sums = {f"sum_{c}": Sum(c) for c in columns}
     if not group_by:  # values() without fields would group by every column
         total = qs.aggregate(**sums)
         return [tuple(total[name] for name in sums)]
@@ -359,9 +398,13 @@ def _segment_rows(
     return list(qs.values(*group_by).annotate(**sums).values_list(*group_by, *sums).order_by())
 
 
-# bigint sums come back as numeric (Decimal in Python, and slower to aggregate and send): cast the
-# counts back; no group comes near 2^63.
-_SUMS_SQL = ", ".join(f'sum("{column}")' + ("" if column == "cost_usd" else "::bigint") for column in MEASURE_COLUMNS)
+def _sums_sql(columns: Sequence[str]) -> str:
+    # bigint sums come back as numeric (Decimal in Python, and slower to aggregate and send): cast the
+    # counts back; no group comes near 2^63.
+    return ", ".join(f'sum("{column}")' + ("" if column == "cost_usd" else "::bigint") for column in columns)
+
+
+_MEASURE_SUMS_SQL = _sums_sql(MEASURE_COLUMNS)
 
 
 def _segment_rows_postgres(
@@ -371,6 +414,7 @@ def _segment_rows_postgres(
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
+    columns: Sequence[str],
 ) -> list[tuple[Any, ...]]:
     """The same query in plain SQL: building 135 aggregate expressions through the ORM costs more than
     running them."""
@@ -392,7 +436,8 @@ def _segment_rows_postgres(
     for name, values in filters.items():
         where.append(f'"{ROLLUP_FILTERS[name]}" = ANY(%s)')
         params.append(list(values))
-    sql = f"SELECT {', '.join([*keys, _SUMS_SQL])} FROM {model._meta.db_table} WHERE {' AND '.join(where)}"
+    sums = _MEASURE_SUMS_SQL if columns is MEASURE_COLUMNS else _sums_sql(columns)
+    sql = f"SELECT {', '.join([*keys, sums])} FROM {model._meta.db_table} WHERE {' AND '.join(where)}"
     if keys:
         sql += " GROUP BY " + ", ".join(str(i) for i in range(1, len(keys) + 1))
     with connection.cursor() as cursor:
