@@ -149,6 +149,10 @@ STEPLENS_RUN_SOFT_TIME_LIMIT = env.int("STEPLENS_RUN_SOFT_TIME_LIMIT", default=1
 STEPLENS_SSE_PING_SECONDS = env.float("STEPLENS_SSE_PING_SECONDS", default=15.0)
 STEPLENS_SYNC_WAIT_SECONDS = env.float("STEPLENS_SYNC_WAIT_SECONDS", default=15 * 60)
 
+# The cache holds the rate-limit counters. CACHE_URL (e.g. redis://host:6379/1) shares them across
+# processes; the default is per process (production.py defaults to REDIS_URL).
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
+
 # Per API key request rate (config.throttling): over it, 429 with Retry-After. "<n>/<second|minute|hour|day>".
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.ApiKeyRateThrottle"]
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"api_key": env("STEPLENS_API_RATE", default="100000/minute")}

@@ -9,7 +9,9 @@ from decimal import Decimal
 
 import pytest
 from django.test import override_settings
+from rest_framework.test import APIClient
 
+from accounts.services import api_key_create
 from steps import services
 from steps.models import Step, StepRollupDay, StepRollupHour, StepStatus
 from steps.rollups import step_rollups_rebuild
@@ -365,20 +367,63 @@ def test_exact_percentiles_come_from_percentile_cont_on_postgres(postgres, api_c
 # --- throttling and schema ----------------------------------------------------------------------
 
 
-def test_throttling_per_key_answers_429_with_retry_after(api_client, api_key):
+def _throttled_statuses(api_client, monkeypatch, times: list[float]) -> list:
+    """The responses to GET /v1/steps at each of `times` (seconds) under a 3/minute rate."""
     from django.conf import settings
 
+    from config.throttling import ApiKeyRateThrottle
+
+    clock = iter(times)
+    monkeypatch.setattr(ApiKeyRateThrottle, "timer", staticmethod(lambda: next(clock)))
     rest = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"api_key": "3/minute"}}
     with override_settings(REST_FRAMEWORK=rest):
-        from django.core.cache import cache
+        return [api_client.get("/v1/steps") for _ in times]
 
-        cache.clear()
-        statuses = [api_client.get("/v1/steps").status_code for _ in range(4)]
-        response = api_client.get("/v1/steps")
-    assert statuses == [200, 200, 200, 429]
-    assert response.status_code == 429
-    assert int(response["Retry-After"]) > 0
-    assert response.json()["error"] == "throttled"
+
+def test_throttling_per_key_answers_429_with_retry_after_until_the_window_ends(api_client, monkeypatch):
+    from django.core.cache import cache
+
+    cache.clear()
+    # Window [6000, 6060): three allowed, then 429 telling the client to come back at 6060.
+    responses = _throttled_statuses(api_client, monkeypatch, [6000.0, 6010.0, 6020.0, 6030.5, 6059.2, 6060.0])
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429, 200]
+    assert responses[3]["Retry-After"] == "30" and responses[4]["Retry-After"] == "1"
+    assert responses[3].json()["error"] == "throttled"
+
+
+def test_throttling_counts_each_key_on_its_own(api_client, organization, monkeypatch):
+    from django.core.cache import cache
+
+    cache.clear()
+    assert [r.status_code for r in _throttled_statuses(api_client, monkeypatch, [0.0] * 4)] == [200, 200, 200, 429]
+    _, other_key = api_key_create(organization=organization, name="second")
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {other_key}")
+    assert [r.status_code for r in _throttled_statuses(other, monkeypatch, [1.0, 2.0])] == [200, 200]
+
+
+def test_throttle_counters_are_shared_through_redis(api_client, api_key, monkeypatch, redis_url):
+    """With CACHE_URL on Redis, every web process counts against the same integer per key and window."""
+    import redis
+
+    from accounts.selectors import api_key_authenticate
+
+    key_id = api_key_authenticate(raw_key=api_key).pk
+    caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    client = redis.Redis.from_url(redis_url)
+    pattern = f"*throttle:api_key:{key_id}:*"  # the key is new to this test: no clearing needed
+    try:
+        with override_settings(CACHES=caches):
+            responses = _throttled_statuses(api_client, monkeypatch, [120.0, 121.0, 122.0, 123.0])
+            assert [r.status_code for r in responses] == [200, 200, 200, 429]
+            # Another process sees the same counter: a plain integer in Redis, not per-process state.
+            keys = [k.decode() for k in client.keys(pattern)]
+            assert len(keys) == 1 and keys[0].endswith(f":{key_id}:60:2")
+            assert int(client.get(keys[0])) == 4
+            assert 0 < client.ttl(keys[0]) <= 61
+    finally:
+        for key in client.keys(pattern):
+            client.delete(key)
 
 
 def test_openapi_schema_describes_every_query_endpoint(client):
