@@ -207,11 +207,10 @@ class Message(models.Model):
         return f"{self.role} {self.id}"
 
 
-class StepRollup(models.Model):
-    """Ended steps summed per time bucket and dimension; maintained by the write path (steps.rollups).
+class RollupKey(models.Model):
+    """What every rollup row is keyed by: organization, time bucket and the step dimensions.
 
     Dimensions are never NULL ('' means none) so one unique key serves the upsert on every database.
-    Counts and sums are exact; latency and TTFT are log-scale histograms (steps.histograms).
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_index=False)
@@ -221,6 +220,16 @@ class StepRollup(models.Model):
     provider_name = models.CharField(max_length=64, blank=True, default="")
     model = models.CharField(max_length=200, blank=True, default="")
     model_handle = models.CharField(max_length=256, blank=True, default="")
+
+    class Meta:
+        abstract = True
+
+
+class StepRollup(RollupKey):
+    """Ended steps summed per time bucket and dimension; maintained by the write path (steps.rollups).
+
+    Counts and sums are exact; latency and TTFT are log-scale histograms (steps.histograms).
+    """
 
     steps = models.BigIntegerField(default=0)
     error_steps = models.BigIntegerField(default=0, help_text="Steps with status failed.")
@@ -266,5 +275,50 @@ class StepRollupDay(StepRollup):
         constraints = [
             models.UniqueConstraint(
                 fields=["organization", "bucket", *ROLLUP_DIMENSIONS], name="step_rollup_day_unique"
+            )
+        ]
+
+
+class ErrorRollup(RollupKey):
+    """Ended steps with an error_type, per time bucket, error type and dimension (the errors report).
+
+    Exact: the count, the first and last created_at, and the greatest step id in byte order (the
+    report's example) combine across rows and segments without loss.
+    """
+
+    error_type = models.CharField(max_length=64)
+    count = models.BigIntegerField(default=0)
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    example_step_id = models.CharField(max_length=64, help_text="The greatest step id (byte order).")
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.bucket:%Y-%m-%d %H:00} {self.error_type} {self.model_handle or self.model} ({self.count})"
+
+
+ERROR_ROLLUP_KEY = ("error_type", *ROLLUP_DIMENSIONS)
+
+
+class ErrorRollupHour(ErrorRollup):
+    """Errors per UTC hour, error type and dimension."""
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "bucket", *ERROR_ROLLUP_KEY], name="error_rollup_hour_unique"
+            )
+        ]
+
+
+class ErrorRollupDay(ErrorRollup):
+    """Errors per UTC day, error type and dimension."""
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "bucket", *ERROR_ROLLUP_KEY], name="error_rollup_day_unique"
             )
         ]

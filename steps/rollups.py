@@ -18,12 +18,21 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Q, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour, TruncWeek
+from django.db.models import Count, Max, Min, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce, Collate, TruncDay, TruncHour, TruncWeek
 
 from accounts.models import Organization
 from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
-from steps.models import ROLLUP_DIMENSIONS, Step, StepRollupDay, StepRollupHour, StepStatus
+from steps.models import (
+    ERROR_ROLLUP_KEY,
+    ROLLUP_DIMENSIONS,
+    ErrorRollupDay,
+    ErrorRollupHour,
+    Step,
+    StepRollupDay,
+    StepRollupHour,
+    StepStatus,
+)
 
 COUNT_COLUMNS = (
     "steps",
@@ -40,6 +49,7 @@ TTFT_COLUMNS = tuple(f"ttft_h{i:02d}" for i in range(BUCKETS))
 MEASURE_COLUMNS = (*COUNT_COLUMNS, "cost_usd", *LATENCY_COLUMNS, *TTFT_COLUMNS)
 _TOKEN_FIELDS = COUNT_COLUMNS[2:]
 ROLLUP_TABLES = (StepRollupHour, StepRollupDay)
+ERROR_TABLES = (ErrorRollupHour, ErrorRollupDay)
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -94,8 +104,62 @@ def _upsert_sql(model: type[StepRollupHour | StepRollupDay]) -> tuple[str, list[
     return sql, columns
 
 
+ERROR_MEASURES = ("count", "first_seen", "last_seen", "example_step_id")
+
+
+def error_upsert_sql(model: type[ErrorRollupHour | ErrorRollupDay]) -> tuple[str, list[str]]:
+    """The errors rollup upsert: counts add up, first/last seen widen, the example is the greatest id."""
+    qn = connection.ops.quote_name
+    table = qn(model._meta.db_table)
+    keys = ["organization_id", "bucket", *ERROR_ROLLUP_KEY]
+    columns = [*keys, *ERROR_MEASURES]
+    if connection.vendor == "postgresql":
+        least, greatest, byte_order = "LEAST", "GREATEST", ' COLLATE "C"'
+    else:  # SQLite: scalar min()/max(), and text compares byte by byte already
+        least, greatest, byte_order = "MIN", "MAX", ""
+    count, first, last, example = (qn(c) for c in ERROR_MEASURES)
+    updates = (
+        f"{count} = {table}.{count} + excluded.{count}, "
+        f"{first} = {least}({table}.{first}, excluded.{first}), "
+        f"{last} = {greatest}({table}.{last}, excluded.{last}), "
+        f"{example} = {greatest}({table}.{example}{byte_order}, excluded.{example}{byte_order})"
+    )
+    sql = (
+        f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
+        f"VALUES ({', '.join(['%s'] * len(columns))}) "
+        f"ON CONFLICT ({', '.join(qn(k) for k in keys)}) DO UPDATE SET {updates}"
+    )
+    return sql, columns
+
+
+def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
+    """The errors rollup rows of `steps` (those with an error_type), merged per key and in key order.
+
+    The fixed order keeps concurrent writers from deadlocking on the same rows."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for step in steps:
+        if not step.error_type or step.status == StepStatus.PENDING:
+            continue
+        dims = _dimensions(step)
+        bucket = bucket_of_step(step.created_at)
+        key = (step.organization_id, bucket, step.error_type, *(dims[d] for d in ROLLUP_DIMENSIONS))
+        row = rows.get(key)
+        if row is None:
+            rows[key] = {
+                "organization_id": step.organization_id, "bucket": bucket, "error_type": step.error_type, **dims,
+                "count": 1, "first_seen": step.created_at, "last_seen": step.created_at, "example_step_id": step.pk,
+            }  # fmt: skip
+            continue
+        row["count"] += 1
+        row["first_seen"] = min(row["first_seen"], step.created_at)
+        row["last_seen"] = max(row["last_seen"], step.created_at)
+        row["example_step_id"] = max(row["example_step_id"], step.pk)  # str order is byte order for ids
+    return [rows[key] for key in sorted(rows, key=lambda k: tuple(str(part) for part in k))]
+
+
 def step_rollup_add(*, step: Step) -> None:
-    """Add an ended step to its hour and day rollup rows (call once, when the step ends)."""
+    """Add an ended step to its hour and day rollup rows, and a failed one to the errors rollups
+    (call once, when the step ends)."""
     if step.status == StepStatus.PENDING:
         return
     ops = connection.ops
@@ -106,11 +170,18 @@ def step_rollup_add(*, step: Step) -> None:
         sql, columns = _upsert_sql(model)
         row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
         statements.append((sql, [row[c] for c in columns]))
+    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)):
+        sql, columns = error_upsert_sql(model)
+        for row in error_rows([step], bucket_of_step):
+            adapted = {k: ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for k, v in row.items()}
+            statements.append((sql, [adapted[c] for c in columns]))
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # Both upserts in one round trip (a data-modifying CTE): this runs once per step on the hot path.
-            (hour_sql, hour_params), (day_sql, day_params) = statements
-            cursor.execute(f"WITH hour_row AS ({hour_sql} RETURNING 1) {day_sql}", [*hour_params, *day_params])
+            # Every upsert in one round trip (data-modifying CTEs): this runs once per step on the hot path.
+            *first, (last_sql, last_params) = statements
+            ctes = ", ".join(f"r{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(first))
+            params = [p for _, statement_params in first for p in statement_params]
+            cursor.execute(f"WITH {ctes} {last_sql}", [*params, *last_params])
         else:
             for sql, params in statements:
                 cursor.execute(sql, params)
@@ -149,14 +220,73 @@ def step_rollups_rebuild(
     not at all, so run it when the range is quiet. Returns the number of hourly rows written.
     """
     start, end = _day_range(start, end)
-    for model in ROLLUP_TABLES:
+    for model in (*ROLLUP_TABLES, *ERROR_TABLES):
         model.objects.filter(_range_q(start, end, "bucket"), organization=organization).delete()
     if connection.vendor == "postgresql":
         hours = _rebuild_hours_postgres(organization=organization, start=start, end=end)
     else:
         hours = _rebuild_hours_python(organization=organization, start=start, end=end)
     _rebuild_days(organization=organization, start=start, end=end)
+    _rebuild_errors(organization=organization, start=start, end=end)
     return hours
+
+
+def _greatest_id(column: str) -> Max:
+    """The greatest id in byte order (PostgreSQL's collation would order ids differently, and slower)."""
+    return Max(Collate(column, "C")) if connection.vendor == "postgresql" else Max(column)
+
+
+def _rebuild_errors(*, organization: Organization, start: datetime | None, end: datetime | None) -> None:
+    """The errors rollups of [start, end) from the steps: hours by one grouped query, days from the hours."""
+    dims = {d: Coalesce(d, Value("")) for d in ROLLUP_DIMENSIONS}
+    hours = (
+        Step.objects.filter(_range_q(start, end, "created_at"), organization=organization, error_type__isnull=False)
+        .exclude(status=StepStatus.PENDING)
+        .annotate(hour=TruncHour("created_at", tzinfo=UTC), **{f"dim_{d}": expr for d, expr in dims.items()})
+        .values("hour", "error_type", *(f"dim_{d}" for d in ROLLUP_DIMENSIONS))
+        .annotate(n=Count("pk"), first=Min("created_at"), last=Max("created_at"), example=_greatest_id("id"))
+        .order_by()
+    )
+    ErrorRollupHour.objects.bulk_create(
+        (
+            ErrorRollupHour(
+                organization=organization,
+                bucket=row["hour"],
+                error_type=row["error_type"],
+                **{d: row[f"dim_{d}"] for d in ROLLUP_DIMENSIONS},
+                count=row["n"],
+                first_seen=row["first"],
+                last_seen=row["last"],
+                example_step_id=row["example"],
+            )
+            for row in hours.iterator()
+        ),
+        batch_size=1000,
+    )
+    days = (
+        ErrorRollupHour.objects.filter(_range_q(start, end, "bucket"), organization=organization)
+        .annotate(day=TruncDay("bucket", tzinfo=UTC))
+        .values("day", *ERROR_ROLLUP_KEY)
+        .annotate(
+            n=Sum("count"), first=Min("first_seen"), last=Max("last_seen"), example=_greatest_id("example_step_id")
+        )
+        .order_by()
+    )
+    ErrorRollupDay.objects.bulk_create(
+        (
+            ErrorRollupDay(
+                organization=organization,
+                bucket=row["day"],
+                **{k: row[k] for k in ERROR_ROLLUP_KEY},
+                count=row["n"],
+                first_seen=row["first"],
+                last_seen=row["last"],
+                example_step_id=row["example"],
+            )
+            for row in days.iterator()
+        ),
+        batch_size=1000,
+    )
 
 
 def _rebuild_hours_postgres(*, organization: Organization, start: datetime | None, end: datetime | None) -> int:
@@ -316,7 +446,7 @@ def rollup_totals(
     `filters` maps ROLLUP_FILTERS names to accepted values; `group_by` holds rollup columns and/or
     hour/day/week. Keys of the result are tuples in `group_by` order.
     """
-    rows = _grouped_sums(organization, start, end, filters, group_by, MEASURE_COLUMNS)
+    rows = _grouped(organization, start, end, filters, group_by, _MEASURE_SUMS)
     if rows is None:
         return None
     result: dict[tuple[Any, ...], RollupRow] = {}
@@ -338,7 +468,7 @@ def rollup_step_counts(
     group_by: Sequence[str],
 ) -> dict[tuple[Any, ...], int] | None:
     """Ended steps per group (as rollup_totals, summing the one column a count needs)."""
-    rows = _grouped_sums(organization, start, end, filters, group_by, ("steps",))
+    rows = _grouped(organization, start, end, filters, group_by, (("sum", "steps"),))
     if rows is None:
         return None
     result: dict[tuple[Any, ...], int] = {}
@@ -347,18 +477,67 @@ def rollup_step_counts(
     return result
 
 
-def _grouped_sums(
+@dataclass(slots=True)
+class ErrorTotals:
+    """One group of the errors rollups: how many, first and last seen, and the greatest step id."""
+
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    example_step_id: str
+
+    def merge(self, other: "ErrorTotals") -> None:
+        self.count += other.count
+        self.first_seen = min(self.first_seen, other.first_seen)
+        self.last_seen = max(self.last_seen, other.last_seen)
+        self.example_step_id = max(self.example_step_id, other.example_step_id)
+
+
+_ERROR_AGGREGATES = (("sum", "count"), ("min", "first_seen"), ("max", "last_seen"), ("max_bytes", "example_step_id"))
+
+
+def rollup_errors(
+    *,
     organization: Organization,
     start: datetime | None,
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
-    columns: Sequence[str],
+) -> dict[tuple[Any, ...], ErrorTotals] | None:
+    """Errors per group from the errors rollups (as rollup_totals; `filters` may also name error_type, and
+    `group_by` may hold error_type)."""
+    rows = _grouped(organization, start, end, filters, group_by, _ERROR_AGGREGATES, errors=True)
+    if rows is None:
+        return None
+    result: dict[tuple[Any, ...], ErrorTotals] = {}
+    for key, (count, first_seen, last_seen, example) in rows:
+        totals = ErrorTotals(int(count), first_seen, last_seen, example)
+        if key in result:
+            result[key].merge(totals)
+        else:
+            result[key] = totals
+    return result
+
+
+_ERROR_TABLE_OF = {StepRollupHour: ErrorRollupHour, StepRollupDay: ErrorRollupDay}
+# Report filter name -> errors rollup column.
+ERROR_ROLLUP_FILTERS = {**ROLLUP_FILTERS, "error_type": "error_type"}
+
+
+def _grouped(
+    organization: Organization,
+    start: datetime | None,
+    end: datetime | None,
+    filters: dict[str, Sequence[str]],
+    group_by: Sequence[str],
+    aggregates: Sequence[tuple[str, str]],
+    *,
+    errors: bool = False,
 ) -> list[tuple[tuple[Any, ...], Sequence[Any]]] | None:
-    """(group key, sums of `columns`) per group and segment, or None when the range is not on whole hours.
+    """(group key, aggregates) per group and segment, or None when the range is not on whole hours.
 
     A group spanning segments (hours at a ragged start, days, hours at a ragged end) appears once per
-    segment; the callers add them up."""
+    segment; the callers combine them. The first aggregate is a count: groups where it is empty are left out."""
     time_unit = next((g for g in group_by if g in _TRUNC), None)
     segments = rollup_segments(start=start, end=end, hourly=time_unit == "hour")
     if segments is None:
@@ -366,8 +545,9 @@ def _grouped_sums(
     keys = len(group_by)
     result = []
     for model, seg_start, seg_end in segments:
-        for row in _segment_rows(model, organization, seg_start, seg_end, filters, group_by, columns):
-            if row[keys]:  # else no steps (an empty aggregate)
+        table = _ERROR_TABLE_OF[model] if errors else model
+        for row in _segment_rows(table, organization, seg_start, seg_end, filters, group_by, aggregates):
+            if row[keys]:  # else no rows (an empty aggregate)
                 result.append((tuple(row[:keys]), row[keys:]))
     return result
 
@@ -379,32 +559,40 @@ def _segment_rows(
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
-    columns: Sequence[str],
+    aggregates: Sequence[tuple[str, str]],
 ) -> list[tuple[Any, ...]]:
-    """Group keys then the sums of `columns` (the first of them a count of steps), one tuple per group."""
+    """Group keys then the aggregates ((sum|min|max|max_bytes, column) pairs), one tuple per group."""
     if connection.vendor == "postgresql":
-        return _segment_rows_postgres(model, organization, start, end, filters, group_by, columns)
+        return _segment_rows_postgres(model, organization, start, end, filters, group_by, aggregates)
     qs: QuerySet = model.objects.filter(_range_q(start, end, "bucket"), organization=organization)
     for name, values in filters.items():
-        column = ROLLUP_FILTERS[name]
-        qs = qs.filter(**{f"{column}__in": list(values)})
-    sums = {f"sum_{c}": Sum(c) for c in columns}
+        qs = qs.filter(**{f"{ERROR_ROLLUP_FILTERS[name]}__in": list(values)})
+    functions = {"sum": Sum, "min": Min, "max": Max, "max_bytes": Max}  # SQLite compares text byte by byte
+    computed = {f"a{i}": functions[kind](column) for i, (kind, column) in enumerate(aggregates)}
     if not group_by:  # values() without fields would group by every column
-        total = qs.aggregate(**sums)
-        return [tuple(total[name] for name in sums)]
+        total = qs.aggregate(**computed)
+        return [tuple(total[name] for name in computed)]
     annotations = {g: _TRUNC[g]("bucket", tzinfo=UTC) for g in group_by if g in _TRUNC}
     if annotations:
         qs = qs.annotate(**annotations)
-    return list(qs.values(*group_by).annotate(**sums).values_list(*group_by, *sums).order_by())
+    return list(qs.values(*group_by).annotate(**computed).values_list(*group_by, *computed).order_by())
 
 
-def _sums_sql(columns: Sequence[str]) -> str:
-    # bigint sums come back as numeric (Decimal in Python, and slower to aggregate and send): cast the
-    # counts back; no group comes near 2^63.
-    return ", ".join(f'sum("{column}")' + ("" if column == "cost_usd" else "::bigint") for column in columns)
+def _aggregates_sql(aggregates: Sequence[tuple[str, str]]) -> str:
+    def one(kind: str, column: str) -> str:
+        if kind == "sum":
+            # bigint sums come back as numeric (Decimal in Python, and slower to aggregate and send): cast
+            # the counts back; no group comes near 2^63.
+            return f'sum("{column}")' + ("" if column == "cost_usd" else "::bigint")
+        if kind == "max_bytes":
+            return f'max("{column}" COLLATE "C")'
+        return f'{kind}("{column}")'
+
+    return ", ".join(one(kind, column) for kind, column in aggregates)
 
 
-_MEASURE_SUMS_SQL = _sums_sql(MEASURE_COLUMNS)
+_MEASURE_SUMS = tuple(("sum", column) for column in MEASURE_COLUMNS)
+_MEASURE_SUMS_SQL = _aggregates_sql(_MEASURE_SUMS)
 
 
 def _segment_rows_postgres(
@@ -414,7 +602,7 @@ def _segment_rows_postgres(
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
-    columns: Sequence[str],
+    aggregates: Sequence[tuple[str, str]],
 ) -> list[tuple[Any, ...]]:
     """The same query in plain SQL: building 135 aggregate expressions through the ORM costs more than
     running them."""
@@ -422,7 +610,7 @@ def _segment_rows_postgres(
     for name in group_by:
         if name in _TRUNC:
             keys.append(f"date_trunc('{name}', bucket, 'UTC')")
-        elif name in ROLLUP_DIMENSIONS:
+        elif name in ERROR_ROLLUP_KEY:
             keys.append(f'"{name}"')
         else:
             raise ValueError(f"not a rollup dimension: {name}")
@@ -434,10 +622,10 @@ def _segment_rows_postgres(
         where.append("bucket < %s")
         params.append(end)
     for name, values in filters.items():
-        where.append(f'"{ROLLUP_FILTERS[name]}" = ANY(%s)')
+        where.append(f'"{ERROR_ROLLUP_FILTERS[name]}" = ANY(%s)')
         params.append(list(values))
-    sums = _MEASURE_SUMS_SQL if columns is MEASURE_COLUMNS else _sums_sql(columns)
-    sql = f"SELECT {', '.join([*keys, sums])} FROM {model._meta.db_table} WHERE {' AND '.join(where)}"
+    computed = _MEASURE_SUMS_SQL if aggregates is _MEASURE_SUMS else _aggregates_sql(aggregates)
+    sql = f"SELECT {', '.join([*keys, computed])} FROM {model._meta.db_table} WHERE {' AND '.join(where)}"
     if keys:
         sql += " GROUP BY " + ", ".join(str(i) for i in range(1, len(keys) + 1))
     with connection.cursor() as cursor:

@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import Case, F, Max, QuerySet, Value, When
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -27,6 +27,8 @@ from steps.content import MessageIn, validate_message
 from steps.costs import step_cost
 from steps.models import (
     ROLLUP_DIMENSIONS,
+    ErrorRollupDay,
+    ErrorRollupHour,
     Feedback,
     Message,
     Step,
@@ -621,6 +623,12 @@ def _rollups_add_many(steps: Sequence[Step]) -> None:
         if rows:
             with connection.cursor() as cursor:
                 cursor.execute(*_rollup_upsert(model, columns, sql, rows))
+    for model, bucket_of_step in ((ErrorRollupHour, rollups.hour_of), (ErrorRollupDay, rollups.day_of)):
+        rows = rollups.error_rows(steps, bucket_of_step)
+        if rows:
+            sql, columns = rollups.error_upsert_sql(model)
+            with connection.cursor() as cursor:
+                cursor.execute(*_rollup_upsert(model, columns, sql, rows))
 
 
 def _rollup_upsert(model: type, columns: list[str], sql: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
@@ -632,22 +640,26 @@ def _rollup_upsert(model: type, columns: list[str], sql: str, rows: list[dict[st
     ops = connection.ops
     values_sql, _, conflict_sql = sql.partition(" ON CONFLICT ")
     head = values_sql.partition(" VALUES ")[0]
+    fields_by_column = {f.column: f for f in model._meta.concrete_fields}
+    datetimes = [c for c in columns if isinstance(fields_by_column[c], models.DateTimeField)]
+    decimals = [c for c in columns if isinstance(fields_by_column[c], models.DecimalField)]
     if connection.vendor != "postgresql":
         one = values_sql.partition(" VALUES ")[2]
         params = []
         for row in rows:
             row = {
                 **row,
-                "bucket": ops.adapt_datetimefield_value(row["bucket"]),
-                "cost_usd": ops.adapt_decimalfield_value(row["cost_usd"], 24, 10),
+                **{c: ops.adapt_datetimefield_value(row[c]) for c in datetimes},
+                **{c: ops.adapt_decimalfield_value(row[c], 24, 10) for c in decimals},
             }
             params.extend(row[c] for c in columns)
         return f"{head} VALUES {', '.join([one] * len(rows))} ON CONFLICT {conflict_sql}", params
     qn = ops.quote_name
-    types = {f.column: f.db_type(connection) for f in model._meta.concrete_fields}
-    record = ", ".join(f"{qn(c)} {types[c]}" for c in columns)
+    record = ", ".join(f"{qn(c)} {fields_by_column[c].db_type(connection)}" for c in columns)
     select = ", ".join(f"r.{qn(c)}" for c in columns)
-    document = [{**row, "bucket": row["bucket"].isoformat(), "cost_usd": str(row["cost_usd"])} for row in rows]
+    document = [
+        {**row, **{c: row[c].isoformat() for c in datetimes}, **{c: str(row[c]) for c in decimals}} for row in rows
+    ]
     return (
         f"{head} SELECT {select} FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({record})) "
         f"WITH ORDINALITY AS r({', '.join(qn(c) for c in columns)}, ord) ORDER BY r.ord ON CONFLICT {conflict_sql}",

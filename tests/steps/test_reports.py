@@ -355,6 +355,69 @@ def test_errors_report_on_factory_rows_without_rollups(api_client, organization)
     assert (body["source"], body["data"]) == ("steps", [])
 
 
+def _error_rollups(organization):
+    from steps.models import ErrorRollupDay, ErrorRollupHour
+
+    fields = ("bucket", "error_type", "agent_id", "model", "count", "first_seen", "last_seen", "example_step_id")
+    return [
+        sorted(model.objects.filter(organization=organization).values_list(*fields))
+        for model in (ErrorRollupHour, ErrorRollupDay)
+    ]
+
+
+def test_errors_rollups_kept_by_the_write_path_equal_a_rebuild(organization, dataset):
+    kept = _error_rollups(organization)
+    failed = Step.objects.filter(organization=organization, error_type__isnull=False)
+    assert sum(row[4] for row in kept[0]) == sum(row[4] for row in kept[1]) == failed.count() > 0
+    step_rollups_rebuild(organization=organization)
+    assert _error_rollups(organization) == kept
+
+
+def test_bulk_recorded_steps_reach_the_errors_rollups(organization):
+    from steps.services import StepRecord, steps_record_many
+
+    when = datetime(2026, 4, 1, 9, 30, tzinfo=UTC)
+    records = [
+        StepRecord(
+            trace_id="a" * 32,
+            span_id=f"{i:016x}",
+            usage=Usage(prompt_tokens=1, completion_tokens=1),
+            created_at=when + timedelta(minutes=i),
+            completed_at=when + timedelta(minutes=i, seconds=1),
+            provider_name="openai",
+            model="gpt-4o",
+            error_type="rate_limit" if i < 3 else None,
+            error_message="429" if i < 3 else None,
+        )
+        for i in range(5)
+    ]
+    steps = steps_record_many(organization=organization, records=records)
+    hour, day = _error_rollups(organization)
+    failed = sorted((s for s in steps if s.error_type), key=lambda s: s.created_at)
+    assert [(r[1], r[3], r[4]) for r in hour] == [("rate_limit", "gpt-4o", 3)] == [(r[1], r[3], r[4]) for r in day]
+    assert (hour[0][5], hour[0][6]) == (failed[0].created_at, failed[-1].created_at)
+    assert hour[0][7] == max(s.id for s in failed)
+
+
+@pytest.mark.parametrize("group_by", ["", "model", "agent,day", "provider,model,day"])
+@pytest.mark.parametrize(
+    "window",
+    [
+        {},
+        {"start": "2026-02-02T03:17:00Z", "end": "2026-02-06T21:05:00Z"},  # ragged ends: rollups + steps
+        {"start": "2026-02-02T00:00:00Z", "end": "2026-02-05T00:00:00Z"},  # whole days
+    ],
+)
+def test_errors_report_from_rollups_equals_a_scan_of_the_steps(api_client, dataset, group_by, window):
+    """Same rows, counts, first/last seen and examples from the errors rollups as from the steps (a status
+    filter, which selects the same failed steps, sends the report to the scan)."""
+    from_rollups = api_client.get("/v1/errors", {"group_by": group_by, **window}).json()
+    scanned = api_client.get("/v1/errors", {"group_by": group_by, "status": "failed,cancelled", **window}).json()
+    assert from_rollups["source"] == "rollup" and scanned["source"] == "steps"
+    assert from_rollups["data"] and from_rollups["data"] == scanned["data"]
+    assert from_rollups["total_errors"] == scanned["total_errors"]
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
