@@ -1,10 +1,11 @@
-"""Request id: taken from X-Request-ID or made up, stored on the request and echoed in the response."""
+"""Request id: taken from X-Request-ID or made up, stored on the request and echoed in the response.
+Paths and query strings holding a NUL character are turned away before any view runs."""
 
 import re
 import uuid
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
@@ -25,3 +26,20 @@ class RequestIdMiddleware:
         response = self.get_response(request)
         response["X-Request-ID"] = request.request_id
         return response
+
+
+class RejectNulMiddleware:
+    """A NUL character (%00) in the path or query string is a 400: PostgreSQL text cannot hold one, so
+    such an id or filter value could only end as a database error."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        query = request.META.get("QUERY_STRING", "")
+        if "\x00" in request.path or "%00" in query or "\x00" in query:
+            return JsonResponse(
+                {"error": "bad_request", "detail": "NUL characters (%00) are not allowed in the path or query string."},
+                status=400,
+            )
+        return self.get_response(request)

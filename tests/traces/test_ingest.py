@@ -421,3 +421,26 @@ def test_another_organizations_identical_spans_are_stored_separately(api_client,
     assert _post(other, body, "application/x-protobuf").status_code == 200
     assert Step.objects.filter(organization=organization).count() == 2
     assert Step.objects.filter(organization=other_org).count() == 2
+
+
+@pytest.mark.django_db
+def test_nul_characters_in_spans_are_stored_as_replacement_characters(api_client):
+    """OTLP strings may hold NUL, which PostgreSQL refuses: the span is stored with U+FFFD instead of failing
+    its whole batch (a raw NUL in an attribute, and one spelled \\u0000 inside the messages' JSON)."""
+    messages = [{"role": "user", "parts": [{"type": "text", "content": "size\u000044?"}]}]
+
+    def build(tracer) -> None:
+        with tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT) as chat:
+            chat.set_attributes(
+                {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                 "gen_ai.request.model": "gpt-4o\x00-mini", "gen_ai.usage.input_tokens": 10,
+                 "gen_ai.usage.output_tokens": 2, "user.id": "u\x001", "gen_ai.input.messages": json.dumps(messages)}
+            )  # fmt: skip
+
+    assert "\\u0000" in json.dumps(messages)
+    response = _post(api_client, encode_spans(_spans(build)).SerializeToString(), "application/x-protobuf")
+    assert response.status_code == 200
+    step = Step.objects.get()
+    assert (step.model, step.user_id, step.prompt_tokens) == ("gpt-4o\ufffd-mini", "u\ufffd1", 10)
+    user = Message.objects.get(step=step, role="user")
+    assert user.content[0]["text"] == "size\ufffd44?"

@@ -136,11 +136,28 @@ def parse_request(body: bytes, *, content_type: str) -> ExportTraceServiceReques
     return request
 
 
+def clean(text: str) -> str:
+    """The text PostgreSQL can store: a NUL character (legal in OTLP strings, refused by text and jsonb
+    columns) becomes U+FFFD, so one odd attribute does not fail its whole batch."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def clean_value(value: Any) -> Any:
+    """`clean` applied to every string (and key) of a decoded JSON value."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, list):
+        return [clean_value(item) for item in value]
+    if isinstance(value, dict):
+        return {clean(str(key)): clean_value(item) for key, item in value.items()}
+    return value
+
+
 def any_value(value: Any) -> Any:
     """An OTLP AnyValue as a plain Python value (lists and dicts for arrays and kvlists)."""
     kind = value.WhichOneof("value")
     if kind == "string_value":
-        return value.string_value
+        return clean(value.string_value)
     if kind == "int_value":
         return value.int_value
     if kind == "double_value":
@@ -150,14 +167,14 @@ def any_value(value: Any) -> Any:
     if kind == "array_value":
         return [any_value(v) for v in value.array_value.values]
     if kind == "kvlist_value":
-        return {kv.key: any_value(kv.value) for kv in value.kvlist_value.values}
+        return {clean(kv.key): any_value(kv.value) for kv in value.kvlist_value.values}
     if kind == "bytes_value":
         return base64.b64encode(value.bytes_value).decode()
     return None
 
 
 def attributes_dict(attributes: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in attributes}
+    return {clean(kv.key): any_value(kv.value) for kv in attributes}
 
 
 def spans_from_request(request: ExportTraceServiceRequest) -> list[OtlpSpan]:
@@ -166,24 +183,26 @@ def spans_from_request(request: ExportTraceServiceRequest) -> list[OtlpSpan]:
     for resource_spans in request.resource_spans:
         resource = attributes_dict(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
-            scope = scope_spans.scope.name
+            scope = clean(scope_spans.scope.name)
             for span in scope_spans.spans:
                 out.append(
                     OtlpSpan(
                         trace_id=span.trace_id.hex(),
                         span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(),
-                        name=span.name,
+                        name=clean(span.name),
                         kind=span.kind,
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
                         attributes=attributes_dict(span.attributes),
                         events=[
-                            SpanEvent(name=e.name, time_ns=e.time_unix_nano, attributes=attributes_dict(e.attributes))
+                            SpanEvent(
+                                name=clean(e.name), time_ns=e.time_unix_nano, attributes=attributes_dict(e.attributes)
+                            )
                             for e in span.events
                         ],
                         status_code=span.status.code,
-                        status_message=span.status.message,
+                        status_message=clean(span.status.message),
                         resource=resource,
                         scope=scope,
                     )

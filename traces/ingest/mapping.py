@@ -27,7 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from steps.content import MessageIn, validate_message
 from steps.usage import Usage
-from traces.ingest.decode import OtlpSpan
+from traces.ingest.decode import OtlpSpan, clean_value
 
 LLM_OPERATIONS = {"chat", "generate_content", "text_completion", "completion"}
 _ROLE_ALIASES = {"developer": "system", "model": "assistant", "human": "user", "ai": "assistant", "function": "tool"}
@@ -217,9 +217,11 @@ def _error(span: OtlpSpan) -> tuple[str | None, str | None, str | None]:
 def _loads(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return json.loads(value)
+            loaded = json.loads(value)
         except ValueError:
             return value
+        # JSON text may spell a NUL as \u0000, which PostgreSQL would refuse once decoded.
+        return clean_value(loaded) if "\\u0000" in value else loaded
     return value
 
 
