@@ -22,7 +22,7 @@ from typing import Any
 
 from django.db import connections
 from django.db.models import Aggregate, Count, F, FloatField, Max, Min, Q, QuerySet, Sum
-from django.db.models.functions import Collate, TruncDay, TruncHour, TruncWeek
+from django.db.models.functions import TruncDay, TruncHour, TruncWeek
 from django.http import QueryDict
 
 from accounts.models import Organization
@@ -37,6 +37,7 @@ from steps.rollups import (
     ROLLUP_FILTERS,
     ErrorTotals,
     RollupRow,
+    greatest_id,
     hour_ceil,
     hour_of,
     rollup_errors,
@@ -408,10 +409,8 @@ def _error_groups(
 
 def _scan_errors(errored: QuerySet, group_by: list[str], limit: int | None = None) -> list[dict[str, Any]]:
     queryset, columns = _grouped(errored, group_by)
-    # Byte order is enough to pick an example, and much cheaper than the database's collation.
-    example = Max(Collate("id", "C")) if connections[queryset.db].vendor == "postgresql" else Max("id")
     grouped = queryset.values("error_type", *columns).annotate(
-        count=Count("pk"), first_seen=Min("created_at"), last_seen=Max("created_at"), example=example
+        count=Count("pk"), first_seen=Min("created_at"), last_seen=Max("created_at"), example=greatest_id("id")
     )
     if limit is None:
         return list(grouped.order_by())

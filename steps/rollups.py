@@ -231,7 +231,7 @@ def step_rollups_rebuild(
     return hours
 
 
-def _greatest_id(column: str) -> Max:
+def greatest_id(column: str) -> Max:
     """The greatest id in byte order (PostgreSQL's collation would order ids differently, and slower)."""
     return Max(Collate(column, "C")) if connection.vendor == "postgresql" else Max(column)
 
@@ -244,46 +244,44 @@ def _rebuild_errors(*, organization: Organization, start: datetime | None, end: 
         .exclude(status=StepStatus.PENDING)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC), **{f"dim_{d}": expr for d, expr in dims.items()})
         .values("hour", "error_type", *(f"dim_{d}" for d in ROLLUP_DIMENSIONS))
-        .annotate(n=Count("pk"), first=Min("created_at"), last=Max("created_at"), example=_greatest_id("id"))
+        .annotate(n=Count("pk"), first=Min("created_at"), last=Max("created_at"), example=greatest_id("id"))
         .order_by()
     )
-    ErrorRollupHour.objects.bulk_create(
-        (
-            ErrorRollupHour(
-                organization=organization,
-                bucket=row["hour"],
-                error_type=row["error_type"],
-                **{d: row[f"dim_{d}"] for d in ROLLUP_DIMENSIONS},
-                count=row["n"],
-                first_seen=row["first"],
-                last_seen=row["last"],
-                example_step_id=row["example"],
-            )
-            for row in hours.iterator()
-        ),
-        batch_size=1000,
-    )
+    _store_errors(ErrorRollupHour, organization, hours.iterator(), bucket="hour", dimension_prefix="dim_")
     days = (
         ErrorRollupHour.objects.filter(_range_q(start, end, "bucket"), organization=organization)
         .annotate(day=TruncDay("bucket", tzinfo=UTC))
         .values("day", *ERROR_ROLLUP_KEY)
         .annotate(
-            n=Sum("count"), first=Min("first_seen"), last=Max("last_seen"), example=_greatest_id("example_step_id")
+            n=Sum("count"), first=Min("first_seen"), last=Max("last_seen"), example=greatest_id("example_step_id")
         )
         .order_by()
     )
-    ErrorRollupDay.objects.bulk_create(
+    _store_errors(ErrorRollupDay, organization, days.iterator(), bucket="day")
+
+
+def _store_errors(
+    model: type[ErrorRollupHour | ErrorRollupDay],
+    organization: Organization,
+    rows: Any,
+    *,
+    bucket: str,
+    dimension_prefix: str = "",
+) -> None:
+    """Insert grouped error rows (`n`, `first`, `last`, `example` and the key columns) into `model`."""
+    model.objects.bulk_create(
         (
-            ErrorRollupDay(
+            model(
                 organization=organization,
-                bucket=row["day"],
-                **{k: row[k] for k in ERROR_ROLLUP_KEY},
+                bucket=row[bucket],
+                error_type=row["error_type"],
+                **{d: row[dimension_prefix + d] for d in ROLLUP_DIMENSIONS},
                 count=row["n"],
                 first_seen=row["first"],
                 last_seen=row["last"],
                 example_step_id=row["example"],
             )
-            for row in days.iterator()
+            for row in rows
         ),
         batch_size=1000,
     )
