@@ -22,6 +22,7 @@ class ModelRows:
         self.fields = list(model._meta.concrete_fields)
         self.attnames = [f.attname for f in self.fields]
         self.width = len(self.fields)
+        self._pk_index = self.attnames.index(model._meta.pk.attname)
         self._converters: list[tuple[int, list[Callable[..., Any]], Any]] | None = None
 
     @property
@@ -56,7 +57,7 @@ class ModelRows:
 
     def is_null(self, row: Sequence[Any], offset: int = 0) -> bool:
         """True when a LEFT JOIN found no row (the primary key column is NULL)."""
-        return row[offset + self.attnames.index(self.model._meta.pk.attname)] is None
+        return row[offset + self._pk_index] is None
 
 
 def placeholders(values: Sequence[Any]) -> str:

@@ -40,6 +40,7 @@ from steps.rollups import (
     greatest_id,
     hour_ceil,
     hour_of,
+    merge_into,
     rollup_errors,
     rollup_step_counts,
     rollup_totals,
@@ -392,13 +393,16 @@ def _error_groups(
     if end is not None and inner_end != end:
         edges.append(errored.filter(created_at__gte=inner_end))
     for edge in edges:
-        for row in _scan_errors(edge, group_by):
-            key = tuple(row[k] for k in keys)
-            found = ErrorTotals(row["count"], row["first_seen"], row["last_seen"], row["example"])
-            if key in merged:
-                merged[key].merge(found)
-            else:
-                merged[key] = found
+        merge_into(
+            merged,
+            (
+                (
+                    tuple(row[k] for k in keys),
+                    ErrorTotals(row["count"], row["first_seen"], row["last_seen"], row["example"]),
+                )
+                for row in _scan_errors(edge, group_by)
+            ),
+        )
     rows = [
         {**dict(zip(keys, key, strict=True)), "count": t.count, "first_seen": t.first_seen,
          "last_seen": t.last_seen, "example": t.example_step_id}

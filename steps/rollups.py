@@ -11,7 +11,7 @@ that ended through the write path). Latency and TTFT percentiles come from log-s
 Rollups are keyed by the step's created_at, so a step lands in the hour it started.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -170,7 +170,7 @@ def step_rollup_add(*, step: Step) -> None:
         sql, columns = _upsert_sql(model)
         row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
         statements.append((sql, [row[c] for c in columns]))
-    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)):
+    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)) if step.error_type else ():
         sql, columns = error_upsert_sql(model)
         for row in error_rows([step], bucket_of_step):
             adapted = {k: ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for k, v in row.items()}
@@ -445,16 +445,7 @@ def rollup_totals(
     hour/day/week. Keys of the result are tuples in `group_by` order.
     """
     rows = _grouped(organization, start, end, filters, group_by, _MEASURE_SUMS)
-    if rows is None:
-        return None
-    result: dict[tuple[Any, ...], RollupRow] = {}
-    for key, sums in rows:
-        summed = RollupRow.from_sums(sums)
-        if key in result:
-            result[key].merge(summed)
-        else:
-            result[key] = summed
-    return result
+    return None if rows is None else merge_into({}, ((key, RollupRow.from_sums(sums)) for key, sums in rows))
 
 
 def rollup_step_counts(
@@ -507,13 +498,16 @@ def rollup_errors(
     rows = _grouped(organization, start, end, filters, group_by, _ERROR_AGGREGATES, errors=True)
     if rows is None:
         return None
-    result: dict[tuple[Any, ...], ErrorTotals] = {}
-    for key, (count, first_seen, last_seen, example) in rows:
-        totals = ErrorTotals(int(count), first_seen, last_seen, example)
+    return merge_into({}, ((key, ErrorTotals(int(n), first, last, example)) for key, (n, first, last, example) in rows))
+
+
+def merge_into(result: dict[tuple[Any, ...], Any], items: Iterable[tuple[tuple[Any, ...], Any]]) -> dict:
+    """One value per key in `result`: a key met again (a group spanning segments) is merged into the first."""
+    for key, value in items:
         if key in result:
-            result[key].merge(totals)
+            result[key].merge(value)
         else:
-            result[key] = totals
+            result[key] = value
     return result
 
 
