@@ -1,0 +1,1 @@
+"""Production shape: the README production commands run as written."""
