@@ -83,7 +83,12 @@ class AnthropicAdapter(BaseAdapter):
         api_key = self.api_key or os.environ.get("ANTHROPIC_API_KEY")
         if not api_key:
             raise missing_key_error("ANTHROPIC_API_KEY")
-        client = anthropic.Anthropic(api_key=api_key, base_url=self.base_url, http_client=http_client, max_retries=0)
+        # anthropic 2.x traces its own calls (`anthropic.messages.create`, operation `chat`, with usage) on the
+        # global tracer provider; the loop's `chat {model}` span already is the one span per LLM call, so a
+        # second would make every GenAI backend (Steplens's own ingest too) count each call and its cost twice.
+        client = anthropic.Anthropic(
+            api_key=api_key, base_url=self.base_url, http_client=http_client, max_retries=0, open_telemetry=False
+        )
         _ = client.messages  # import the lazily loaded resource now
         return client
 

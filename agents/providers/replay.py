@@ -81,8 +81,13 @@ def warm_up(api: str) -> None:
     wire = synthesize(api=api, turn=turn, model="warm-up")
     adapter = adapter_for_api(api, api_key="warm-up", transport=InMemoryTransport(wire))
     request = LLMRequest(model="warm-up", messages=[MessageIn(role="user", content=[TextContent(text="warm")])])
+    # Not an LLM call anyone made: whatever instrumentation is installed (an SDK's own spans, HTTP client
+    # spans) must not record it, or a backend counting LLM spans would count a fake call per process and API.
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
     try:
-        adapter.stream(request).run()
+        with suppress_instrumentation():
+            adapter.stream(request).run()
     except Exception:  # a failed warm-up only costs the first call its speed
         logger.debug("warm-up of %s failed", api, exc_info=True)
 
