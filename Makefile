@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Where `make demo` and `make run` listen: `make demo PORT=8001`, `make demo HOST=0.0.0.0`.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
 .PHONY: venv install demo test lint format migrate run worker clean
 
@@ -20,8 +23,8 @@ migrate: $(STAMP)
 demo: $(STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py migrate --noinput
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py seed_demo
-	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py demo_setup
-	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py runserver 127.0.0.1:8000
+	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py demo_setup --base-url http://$(HOST):$(PORT)
+	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py runserver $(HOST):$(PORT)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -38,7 +41,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 run: $(STAMP)
-	$(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py runserver $(HOST):$(PORT)
 
 worker: $(STAMP)
 	$(VENV)/bin/celery -A config worker -Q default,runs,ingest --loglevel INFO

@@ -253,6 +253,15 @@ def echo_turn(request: LLMRequest) -> Turn:
     return Turn(text="Echo: " + (message_text(last) or "(no text)"))
 
 
+def slow_first_token_turn(request: LLMRequest) -> Turn:
+    """The echo, sent after a long silence; the delay is read per call so a deployment can change it."""
+    from django.conf import settings
+
+    turn = echo_turn(request)
+    turn.first_chunk_delay = settings.STEPLENS_SLOW_FIRST_TOKEN_SECONDS
+    return turn
+
+
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Current weather for a city.",
@@ -401,6 +410,15 @@ def _builtin() -> list[Scenario]:
             chunk_delay=0.05,
             first_chunk_delay=0.3,
             description="Echo with a 300 ms first chunk and 50 ms between chunks (streaming and cancel demos).",
+        ),
+        Scenario(
+            "slow-first-token",
+            "openai_chat",
+            "gpt-4o-mini",
+            [slow_first_token_turn],
+            repeat_last=True,
+            description="Echo after STEPLENS_SLOW_FIRST_TOKEN_SECONDS (75 s) of silence: streams that must outlive "
+            "a model thinking for minutes (pings, proxy and gunicorn timeouts).",
         ),
     ]
     for name, api, model in (

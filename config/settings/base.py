@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served locally: /v1/docs works offline
     "accounts",
     "agents",
     "steps",
@@ -32,6 +33,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin CSS, Swagger UI) from the web process itself: gunicorn serves none.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -86,7 +89,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` gathers the files WhiteNoise serves (production.py hashes and compresses them).
+STATIC_ROOT = env.path("STATIC_ROOT", default=BASE_DIR / "staticfiles")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.ApiKeyAuthentication"],
@@ -104,6 +108,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Observability for LLM agent steps: runs, steps, usage, errors and traces.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Celery: embedded mode runs tasks eagerly in process with no broker.
@@ -139,6 +146,11 @@ STEPLENS_STALE_STEP_SECONDS = env.int("STEPLENS_STALE_STEP_SECONDS", default=2 *
 CELERY_BEAT_SCHEDULE = {
     "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": 300.0},
 }
+# Beat's record of when each periodic task last ran, kept out of the source tree's root (var/ is
+# git-ignored); losing it only makes each sweep run once at beat's next start.
+CELERY_BEAT_SCHEDULE_FILENAME = env(
+    "CELERY_BEAT_SCHEDULE_FILENAME", default=str(BASE_DIR / "var" / "celerybeat-schedule")
+)
 
 # Agent runs: provider retries (attempts include the first), backoff, and how often a running run
 # checks whether it was cancelled from another process.
@@ -148,6 +160,9 @@ STEPLENS_LLM_RETRY_MAX_SECONDS = env.float("STEPLENS_LLM_RETRY_MAX_SECONDS", def
 STEPLENS_CANCEL_POLL_SECONDS = env.float("STEPLENS_CANCEL_POLL_SECONDS", default=0.25)
 STEPLENS_RUN_SOFT_TIME_LIMIT = env.int("STEPLENS_RUN_SOFT_TIME_LIMIT", default=15 * 60)
 STEPLENS_SSE_PING_SECONDS = env.float("STEPLENS_SSE_PING_SECONDS", default=15.0)
+# Silence before the first chunk of the built-in `scripted/slow-first-token` model: long enough to show that
+# streams outlive gunicorn's timeout and idle proxies (tests shorten it).
+STEPLENS_SLOW_FIRST_TOKEN_SECONDS = env.float("STEPLENS_SLOW_FIRST_TOKEN_SECONDS", default=75.0)
 STEPLENS_SYNC_WAIT_SECONDS = env.float("STEPLENS_SYNC_WAIT_SECONDS", default=15 * 60)
 
 # The cache holds the rate-limit counters. CACHE_URL (e.g. redis://host:6379/1) shares them across

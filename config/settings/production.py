@@ -19,4 +19,21 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # Rate-limit counters shared by every web process: Redis when there is one.
 CACHES = {"default": env.cache("CACHE_URL", default=REDIS_URL or "locmemcache://")}  # noqa: F405
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Served over HTTPS (usually a TLS proxy sending X-Forwarded-Proto: https): plain HTTP is redirected and the
+# session and CSRF cookies are never sent in clear. Off only for a plain-HTTP trial on a private network.
+https_only = env.bool("DJANGO_HTTPS", default=True)
+SECURE_SSL_REDIRECT = https_only
+SESSION_COOKIE_SECURE = https_only
+CSRF_COOKIE_SECURE = https_only
+# HSTS pins browsers to HTTPS for the host (and its subdomains, or the browsers' preload list) for this long:
+# opt in once every service there is HTTPS, since a browser that saw it cannot be told otherwise.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# WhiteNoise serves what `collectstatic` gathered, under hashed names (cached forever by browsers and
+# proxies) and pre-compressed; a template naming a file missing from the manifest fails loudly.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}

@@ -19,6 +19,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--username", default="admin")
         parser.add_argument(
+            "--base-url", default="http://127.0.0.1:8000", help="Where the demo is served (`make demo PORT=...`)."
+        )
+        parser.add_argument(
             "--credentials-file",
             default=str(Path(settings.BASE_DIR) / ".demo-credentials"),
             help="Where the credentials are remembered between `make demo` runs (git-ignored).",
@@ -27,6 +30,7 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         path = Path(str(options["credentials_file"]))
         username = str(options["username"])
+        base_url = str(options["base_url"]).rstrip("/")
         remembered = dict(
             line.split("=", 1) for line in path.read_text().splitlines() if "=" in line
         ) if path.exists() else {}  # fmt: skip
@@ -51,9 +55,9 @@ class Command(BaseCommand):
 
         self.stdout.write("")
         self.stdout.write("Steplens demo")
-        self.stdout.write("  admin:    http://127.0.0.1:8000/admin/")
+        self.stdout.write(f"  admin:    {base_url}/admin/")
         self.stdout.write(f"  username: {username}")
         self.stdout.write(f"  password: {password}")
         self.stdout.write(f"  API key:  {api_key}   (organization '{DEMO_ORGANIZATION}')")
-        self.stdout.write(f"  try:      curl -H 'Authorization: Bearer {api_key}' http://127.0.0.1:8000/v1/steps")
+        self.stdout.write(f"  try:      curl -H 'Authorization: Bearer {api_key}' {base_url}/v1/steps")
         self.stdout.write("")
