@@ -14,7 +14,7 @@ def agent_list(*, organization: Organization) -> QuerySet[Agent]:
 def agent_get(*, organization: Organization, agent_id: str) -> Agent:
     agent = agent_list(organization=organization).filter(pk=agent_id).first()
     if agent is None:
-        raise NotFound("Agent not found.", extra={"agent_id": agent_id})
+        raise NotFound("Agent not found.")
     return agent
 
 
@@ -38,5 +38,5 @@ def run_list(*, organization: Organization, agent_id: str | None = None, status:
 def run_get(*, organization: Organization, run_id: str) -> Run:
     run = Run.objects.filter(organization=organization, pk=run_id).select_related("agent").first()
     if run is None:
-        raise NotFound("Run not found.", extra={"run_id": run_id})
+        raise NotFound("Run not found.")
     return run

@@ -206,7 +206,7 @@ def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: s
 
     run = Run.objects.select_for_update().get(pk=run.pk)
     if run.status != RunStatus.PAUSED:
-        raise ApplicationError("Run is not waiting for an approval.", extra={"status": run.status}, status_code=409)
+        raise ApplicationError(f"Run is {run.status}, not waiting for an approval.", status_code=409)
     pending = pending_tool_calls(run=run)
     awaiting = {c["id"] for c in pending.calls} & pending.requested
     if tool_call_id not in awaiting:
@@ -217,7 +217,7 @@ def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: s
         )
     if tool_call_id in pending.decisions:
         raise ApplicationError(
-            "This tool call was already decided.", extra={"tool_call_id": tool_call_id}, status_code=409
+            "This tool call was already decided.", extra={"tool_call_id": "was already decided"}, status_code=409
         )
     messages_create(
         organization=run.organization,

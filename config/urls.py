@@ -14,3 +14,7 @@ urlpatterns = [
     ),
     path("v1/", include("config.api_urls")),
 ]
+
+# Unknown /v1/ paths and uncaught exceptions answer the API's JSON error, never an HTML page.
+handler404 = "config.exceptions.handler404"
+handler500 = "config.exceptions.handler500"

@@ -169,7 +169,17 @@ _content_adapter: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart]
 
 
 class ContentValidationError(ApplicationError):
-    """A message or content part failed validation; `extra["errors"]` lists each field and reason."""
+    """A message or content part failed validation; `extra["errors"]` lists each field and reason (and
+    `extra["message_index"]` which message, when several were given)."""
+
+    @property
+    def fields(self) -> dict[str, list[str]]:
+        index = self.extra.get("message_index")
+        prefix = f"messages.{index}." if index is not None else ""
+        fields: dict[str, list[str]] = {}
+        for error in self.extra.get("errors", []):
+            fields.setdefault(prefix + error["field"], []).append(error["message"])
+        return fields
 
 
 def _field_path(loc: tuple[Any, ...], data: Any) -> str:

@@ -28,7 +28,7 @@ def step_get(*, organization: Organization, step_id: str) -> Step:
     """One step of `organization` with its metrics; another organization's step is not found."""
     step = Step.objects.select_related("metrics", "agent", "run").filter(organization=organization, pk=step_id).first()
     if step is None:
-        raise NotFound("Step not found.", extra={"step_id": step_id})
+        raise NotFound("Step not found.")
     return step
 
 
@@ -64,7 +64,7 @@ def step_messages(
     """A page of the messages a step produced (or was given), in sequence order."""
     step = Step.objects.filter(organization=organization, pk=step_id).only("pk").first()
     if step is None:
-        raise NotFound("Step not found.", extra={"step_id": step_id})
+        raise NotFound("Step not found.")
     queryset = Message.objects.filter(step=step)
     return keyset_page(
         queryset=queryset, kind=f"messages:{step_id}", fields=("sequence_id", "id"), types=(int, str), order=order,
@@ -95,7 +95,7 @@ def run_usage(*, organization: Organization, run_id: str) -> dict[str, Any]:
     """The usage of every step of a run (however many), with the run's totals summed by the database."""
     run = Run.objects.filter(organization=organization, pk=run_id).only("pk", "agent_id", "request_id").first()
     if run is None:
-        raise NotFound("Run not found.", extra={"run_id": run_id})
+        raise NotFound("Run not found.")
     steps = Step.objects.filter(run=run)
     totals = run_usage_totals(run_id=run.pk)
     columns = ["id", "step_number", "attempt", "status", "provider_name", "model", "model_handle", *USAGE_FIELDS]

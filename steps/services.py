@@ -116,7 +116,7 @@ def step_start(
         existing = Step.objects.filter(pk=step_id).first()
         if existing is not None:
             if existing.organization_id != organization.pk:
-                raise StepConflict("Step id is already taken.", extra={"step_id": step_id})
+                raise StepConflict("Step id is already taken.", extra={"step_id": "is already taken"})
             return existing
     if run is not None and agent is None:
         agent = run.agent
@@ -276,7 +276,7 @@ def step_finish(
         current = Step.objects.get(pk=step.pk)
         if current.status == StepStatus.SUCCESS:
             return current
-        raise StepConflict(f"Step already ended as {current.status}.", extra={"step_id": step.pk})
+        raise StepConflict(f"Step already ended as {current.status}.")
     _record_outcome(ended, metrics=metrics, provider_trace=provider_trace, messages=validated)
     return ended
 
@@ -424,7 +424,7 @@ def step_set_feedback(
     """Set or clear feedback and add/remove tags; tags are never replaced wholesale."""
     step = Step.objects.select_for_update().filter(pk=step_id, organization=organization).first()
     if step is None:
-        raise NotFound("Step not found.", extra={"step_id": step_id})
+        raise NotFound("Step not found.")
     if set_feedback:
         if feedback is not None and feedback not in Feedback.values:
             raise ApplicationError("Invalid feedback.", extra={"feedback": f"must be one of {Feedback.values} or null"})

@@ -43,7 +43,8 @@ def test_nul_in_a_json_body_is_a_400_naming_where_and_writes_nothing(api_client,
     assert response.status_code == 400, response.content
     assert response.json() == {
         "error": "bad_request",
-        "detail": {"messages.0.content.0.text": ["NUL characters (\\u0000) are not allowed."]},
+        "detail": "Invalid input: messages.0.content.0.text: NUL characters (\\u0000) are not allowed.",
+        "fields": {"messages.0.content.0.text": ["NUL characters (\\u0000) are not allowed."]},
     }
     assert Run.objects.count() == runs
 

@@ -15,7 +15,7 @@ from traces.models import ProviderTrace
 def provider_traces_for_step(*, organization: Organization, step_id: str) -> list[ProviderTrace]:
     """Every attempt's provider trace of a step, oldest attempt first; an unknown step is not found."""
     if not Step.objects.filter(organization=organization, pk=step_id).exists():
-        raise NotFound("Step not found.", extra={"step_id": step_id})
+        raise NotFound("Step not found.")
     return list(ProviderTrace.objects.filter(organization=organization, step_id=step_id).order_by("attempt"))
 
 
@@ -25,7 +25,7 @@ def provider_trace_get(*, organization: Organization, step_id: str, attempt: int
     if attempt is not None:
         traces = [t for t in traces if t.attempt == attempt]
     if not traces:
-        raise NotFound("No provider trace for this step.", extra={"step_id": step_id, "attempt": attempt})
+        raise NotFound("No provider trace for this step.")
     return traces[-1]
 
 
@@ -83,7 +83,7 @@ def request_get(*, organization: Organization, request_id: str) -> RequestRecord
             Step.metrics.related.set_cached_value(step, metrics)  # step.metrics without another query
             steps.append(step)
         if not runs and not steps:
-            raise NotFound("Nothing recorded for this request id.", extra={"request_id": request_id})
+            raise NotFound("Nothing recorded for this request id.")
         step_ids = [step.pk for step in steps]
 
         matches, params = [], [org]

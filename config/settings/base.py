@@ -36,6 +36,7 @@ MIDDLEWARE = [
     # Static files (admin CSS, Swagger UI) from the web process itself: gunicorn serves none.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RejectNulMiddleware",
+    "config.middleware.ApiErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,6 +103,9 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "config.exceptions.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
+# Retry-After (seconds) of the 503 answered while the database is unreachable: clients (OTLP exporters included)
+# retry a 503 after this delay instead of losing the request to a 500.
+STEPLENS_DB_RETRY_AFTER_SECONDS = env.int("STEPLENS_DB_RETRY_AFTER_SECONDS", default=5)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Steplens API",

@@ -58,7 +58,7 @@ def test_another_organizations_step_is_a_404(api_client):
     other_step = StepFactory()
     response = api_client.get(f"/v1/steps/{other_step.pk}")
     assert response.status_code == 404
-    assert response.json()["error"] == "Step not found."
+    assert response.json() == {"error": "not_found", "detail": "Step not found."}
 
 
 def test_own_step_is_returned_with_usage_and_the_request_id_is_echoed(api_client, organization):

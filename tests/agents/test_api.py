@@ -58,14 +58,14 @@ def test_agent_crud(api_client):
 def test_invalid_agent_is_a_400_naming_the_field(api_client, body, field):
     response = api_client.post("/v1/agents", body, format="json")
     assert response.status_code == 400
-    assert field in response.json()["detail"]
+    assert field in response.json()["fields"]
     assert not Agent.objects.exists()
 
 
 def test_duplicate_agent_name_is_a_400(api_client):
     api_client.post("/v1/agents", {"name": "same", "model_handle": "scripted/echo"}, format="json")
     response = api_client.post("/v1/agents", {"name": "same", "model_handle": "scripted/echo"}, format="json")
-    assert response.status_code == 400 and "name" in response.json()["detail"]
+    assert response.status_code == 400 and "name" in response.json()["fields"]
 
 
 def test_sync_messages_return_typed_messages_stop_reason_and_usage(api_client, make_agent, scenario):
@@ -150,13 +150,14 @@ def test_async_returns_202_and_the_run_finishes_in_the_background(api_client, ma
 
 
 def test_runs_list_rejects_bad_parameters(api_client, make_agent):
-    assert api_client.get("/v1/runs?limit=abc").json()["detail"] == {"limit": "must be an integer"}
+    body = api_client.get("/v1/runs?limit=abc").json()
+    assert body["error"] == "bad_request" and body["fields"] == {"limit": ["must be an integer"]}
     assert api_client.get("/v1/runs?limit=0").status_code == 400
-    assert "status" in api_client.get("/v1/runs?status=flying").json()["detail"]
+    assert "status" in api_client.get("/v1/runs?status=flying").json()["fields"]
     agent = make_agent("scripted/echo")
     run = Run.objects.create(organization=agent.organization, agent=agent, request_id="r")
     response = api_client.get(f"/v1/runs/{run.pk}/stream?starting_after=-1")
-    assert response.status_code == 400 and "starting_after" in response.json()["detail"]
+    assert response.status_code == 400 and "starting_after" in response.json()["fields"]
     assert api_client.get("/v1/runs/run-x/stream").status_code == 404
 
 

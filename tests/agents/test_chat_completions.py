@@ -62,7 +62,7 @@ def test_bad_chat_requests_get_precise_400s(api_client, make_agent, body, field)
     make_agent("scripted/echo", name="greeter")
     response = api_client.post("/v1/chat/completions", body, format="json")
     assert response.status_code == 400
-    assert field in response.json()["detail"]
+    assert field in response.json()["fields"]
 
 
 @pytest.mark.django_db

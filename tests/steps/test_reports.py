@@ -259,7 +259,7 @@ def test_errors_as_csv(api_client, dataset):
 def test_csv_errors_are_still_json(api_client, dataset):
     response = api_client.get("/v1/usage", {"format": "csv", "group_by": "colour"})
     assert response.status_code == 400
-    assert response.json()["detail"]["group_by"]
+    assert response.json()["fields"]["group_by"]
 
 
 # --- bad parameters -----------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_csv_errors_are_still_json(api_client, dataset):
 def test_report_parameters_are_validated(api_client, path, query, field):
     response = api_client.get(f"{path}?{query}")
     assert response.status_code == 400, response.content
-    assert field in response.json()["detail"]
+    assert field in response.json()["fields"]
 
 
 # --- errors report ------------------------------------------------------------------------------
