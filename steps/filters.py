@@ -8,15 +8,17 @@ form rejects them and `step_filter` raises a 400 naming each field.
 import json
 import re
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import django_filters
 from django import forms
+from django.core.exceptions import ValidationError
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import QueryDict
+from django_filters.fields import IsoDateTimeField
 
 from accounts.models import Organization
 from agents.models import StopReason
@@ -108,6 +110,36 @@ def _json_scalar_candidates(raw: str) -> list[Any]:
     return candidates
 
 
+# The window a start/end may name. The reports round a bound out to whole hours, days and weeks; a week of
+# margin inside what a datetime can hold keeps that arithmetic from overflowing at year 1 or 9999.
+EARLIEST = datetime(1, 1, 8, tzinfo=UTC)
+LATEST = datetime(9999, 12, 24, tzinfo=UTC)
+
+
+class UtcDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time, converted to UTC.
+
+    Any offset Python can parse (up to +-23:59) is accepted and normalized here, once: PostgreSQL refuses
+    offsets beyond +-15:59 in a timestamp, and every later use (SQL, rollup arithmetic) sees plain UTC."""
+
+    def to_python(self, value: Any) -> datetime | None:
+        moment = super().to_python(value)
+        if moment is None:
+            return None
+        message = f"Must be between {EARLIEST.isoformat()} and {LATEST.isoformat()}."
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00+05:00 is in year 0 in UTC
+            raise ValidationError(message, code="invalid") from exc
+        if not EARLIEST <= moment <= LATEST:
+            raise ValidationError(message, code="invalid")
+        return moment
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcDateTimeField
+
+
 class StepFilterSet(django_filters.FilterSet):
     """Every step filter of `GET /v1/steps`, the usage and errors reports, and the admin."""
 
@@ -130,10 +162,10 @@ class StepFilterSet(django_filters.FilterSet):
     trace_id = MultiValueFilter(field_name="trace_id", max_length=32, help_text="OpenTelemetry trace id (32 hex).")
     user_id = MultiValueFilter(field_name="user_id", help_text="End user id (X-User-ID).")
     conversation_id = MultiValueFilter(field_name="conversation_id", help_text="Conversation or session id.")
-    start = django_filters.IsoDateTimeFilter(
+    start = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="gte", help_text="ISO 8601; steps created at or after (inclusive)."
     )
-    end = django_filters.IsoDateTimeFilter(
+    end = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="lt", help_text="ISO 8601; steps created before (exclusive)."
     )
     min_ttft_ms = django_filters.NumberFilter(method="filter_min_ns", help_text="Time to first token at least (ms).")

@@ -2,6 +2,7 @@
 
 import socket
 from collections.abc import Iterator
+from datetime import timedelta, timezone
 
 import pytest
 from django.db import connection
@@ -184,3 +185,47 @@ def test_requests_succeed_again_once_the_database_is_back(outage, api_client):
     _assert_unavailable(api_client.get("/v1/steps"))
     outage.up()
     assert api_client.get("/v1/steps").status_code == 200
+
+
+# --- start and end: any offset, any year, never a 500 ------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/v1/steps", "/v1/usage", "/v1/errors"])
+def test_offsets_beyond_postgresql_range_are_normalized_to_utc(api_client, organization, url):
+    step = StepFactory(agent=AgentFactory(organization=organization))
+    created = step.created_at
+    # +20:00 is outside PostgreSQL's +-15:59: the same instants written with that offset must still match.
+    start = created.astimezone(timezone(timedelta(hours=20))).replace(minute=0, second=0, microsecond=0)
+    response = api_client.get(url, {"start": start.isoformat(), "end": "9999-01-01T00:00:00-23:59"})
+    assert response.status_code == 200, response.content
+    if url == "/v1/steps":
+        assert [row["id"] for row in response.json()["data"]] == [step.pk]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/v1/steps", "/v1/usage", "/v1/errors"])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("start", "0001-01-01T00:00:00+05:00"),
+        ("start", "0001-01-01T00:00:00-23:59"),
+        ("end", "9999-12-31T23:59:59-05:00"),
+        ("end", "9999-12-31T23:00:00+01:00"),
+        ("start", "0001-01-01"),
+        ("end", "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_dates_at_the_ends_of_the_calendar_are_a_400_naming_the_field(api_client, url, field, value):
+    response = api_client.get(url, {field: value})
+    assert response.status_code == 400, response.content
+    body = response.json()
+    _assert_error_shape(body, code="bad_request")
+    assert list(body["fields"]) == [field]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/v1/usage?group_by=week", "/v1/errors?group_by=day", "/v1/steps"])
+def test_the_widest_window_allowed_is_answered(api_client, url):
+    response = api_client.get(url, {"start": "0001-01-08T00:00:00Z", "end": "9999-12-24T00:00:00+00:00"})
+    assert response.status_code == 200, response.content

@@ -31,7 +31,7 @@ _PAGING = {"limit", "order", "cursor"}
 
 def _filter_parameters() -> list[OpenApiParameter]:
     """The StepFilterSet's filters as OpenAPI query parameters (one source of truth)."""
-    types = {"IsoDateTimeFilter": OpenApiTypes.DATETIME, "NumberFilter": OpenApiTypes.NUMBER}
+    types = {"UtcDateTimeFilter": OpenApiTypes.DATETIME, "NumberFilter": OpenApiTypes.NUMBER}
     parameters = []
     for name, flt in StepFilterSet.base_filters.items():
         kind = type(flt).__name__
