@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
@@ -19,9 +19,10 @@ from agents.providers.redaction import redact
 from config.errors import ApplicationError
 from steps.models import Step
 from traces.models import PENDING_BATCH_STATUSES, IngestBatch, IngestBatchStatus, ProviderTrace
+from traces.truncation import Truncated, json_truncate
 
 if TYPE_CHECKING:
-    from traces.ingest.decode import OtlpSpan
+    from traces.ingest.decode import DecodeLimits, OtlpSpan
 
 _MAX_ERROR_MESSAGE = 10_000
 logger = logging.getLogger(__name__)
@@ -46,17 +47,7 @@ class ProviderTraceIn:
 
 def provider_trace_record(*, step: Step, trace: ProviderTraceIn, attempt: int = 1) -> ProviderTrace:
     """Store (or, on a retried write, replace) the trace of one attempt of a step."""
-    values = {
-        "organization_id": step.organization_id,
-        "provider": trace.provider,
-        "api": trace.api,
-        "model": trace.model or "",
-        "request_json": redact(trace.request_json),
-        "response_json": redact(trace.response_json),
-        "latency_ms": trace.latency_ms,
-        "error_type": trace.error_type,
-        "error_message": (trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,
-    }
+    values = _trace_values(step, trace)
     # One upsert statement: a retried write replaces the attempt's trace instead of reading first.
     (provider_trace,) = ProviderTrace.objects.bulk_create(
         [ProviderTrace(step=step, attempt=attempt, **values)],
@@ -67,14 +58,20 @@ def provider_trace_record(*, step: Step, trace: ProviderTraceIn, attempt: int = 
     return provider_trace
 
 
+def provider_trace_json(value: Any) -> Truncated:
+    """What a ProviderTrace stores for a request or response: redacted, then cut visibly to
+    STEPLENS_PROVIDER_TRACE_MAX_BYTES (still valid JSON). The one rule for every write path."""
+    return json_truncate(redact(value), max_bytes=settings.STEPLENS_PROVIDER_TRACE_MAX_BYTES)
+
+
 def _trace_values(step: Step, trace: ProviderTraceIn) -> dict[str, Any]:
     return {
         "organization_id": step.organization_id,
         "provider": trace.provider[:64],
         "api": (trace.api or "")[:32],
         "model": (trace.model or "")[:200],
-        "request_json": redact(trace.request_json),
-        "response_json": redact(trace.response_json),
+        "request_json": provider_trace_json(trace.request_json).value,
+        "response_json": provider_trace_json(trace.response_json).value,
         "latency_ms": trace.latency_ms,
         "error_type": trace.error_type,
         "error_message": (trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,
@@ -174,14 +171,28 @@ class BatchAccepted:
     result: IngestResult | None = None
 
 
-def rejection_message(rejected: int, reasons: dict[str, int], dropped: int = 0) -> str:
-    """The partial-success message: how many spans were rejected and the most common reasons."""
+def rejection_message(
+    rejected: int, reasons: dict[str, int], dropped: int = 0, *, cut: Sequence[str] = (), traces_cut: int = 0
+) -> str:
+    """The partial-success message: how many spans were rejected and the most common reasons, and what was cut
+    to the limits (attribute values, provider traces)."""
     parts = []
     if rejected:
         top = sorted(reasons.items(), key=lambda item: -item[1])[:_MAX_REASONS]
         parts.append(f"{rejected} span(s) rejected: " + "; ".join(f"{reason} ({n})" for reason, n in top))
     if dropped:
         parts.append(f"{dropped} message(s) with unusable content were skipped")
+    if cut:
+        names = ", ".join(sorted(set(cut))[:_MAX_REASONS])
+        parts.append(
+            f"{len(cut)} attribute value(s) truncated to STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES "
+            f"({settings.STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES} bytes): {names}"
+        )
+    if traces_cut:
+        parts.append(
+            f"{traces_cut} provider trace(s) truncated to STEPLENS_PROVIDER_TRACE_MAX_BYTES "
+            f"({settings.STEPLENS_PROVIDER_TRACE_MAX_BYTES} bytes)"
+        )
     return ". ".join(parts)
 
 
@@ -204,12 +215,22 @@ def _check_backlog(incoming_bytes: int) -> None:
         )
 
 
-def _decode(body: bytes, *, content_type: str, content_encoding: str) -> list["OtlpSpan"]:
-    from traces.ingest.decode import gunzip, parse_request, spans_from_request
+def _decode_limits() -> "DecodeLimits":
+    from traces.ingest.decode import DecodeLimits
 
-    if content_encoding == "gzip":
-        body = gunzip(body, limit=settings.STEPLENS_OTLP_MAX_BODY_BYTES)
-    return spans_from_request(parse_request(body, content_type=content_type))
+    return DecodeLimits(
+        max_body_bytes=settings.STEPLENS_OTLP_MAX_BODY_BYTES,
+        max_spans=settings.STEPLENS_OTLP_MAX_SPANS_PER_REQUEST,
+        max_attribute_bytes=settings.STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES,
+    )
+
+
+def _decode(body: bytes, *, content_type: str, content_encoding: str) -> list["OtlpSpan"]:
+    from traces.ingest.decode import decode_request, spans_from_request
+
+    limits = _decode_limits()
+    request = decode_request(body, content_type=content_type, content_encoding=content_encoding, limits=limits)
+    return spans_from_request(request, max_attribute_bytes=limits.max_attribute_bytes)
 
 
 def trace_batch_accept(
@@ -217,25 +238,32 @@ def trace_batch_accept(
 ) -> BatchAccepted:
     """Validate an OTLP export request cheaply and store it as one queued IngestBatch; mapping happens later.
 
-    Raises IngestOverloaded (503) when the backlog is over its limits, and the decode errors (400, 413) for a
-    malformed body; nothing is stored then. Spans with bad ids, times or token counts are reported as rejected
-    now. Returns after the batch is committed; a worker is asked to map it once the commit is done. With eager
-    tasks (embedded mode) the batch is mapped before this returns, so its steps are queryable.
+    Raises IngestOverloaded (503) when the backlog is over its limits, and the decode errors (400, 413: body,
+    inflated body or span count over the limits) for a malformed or oversized body; nothing is stored then. Spans
+    with bad ids, times or token counts are reported as rejected now, attribute values that will be cut to
+    STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES are named. A request without spans stores nothing. Returns after the batch
+    is committed; a worker is asked to map it once the commit is done. With eager tasks (embedded mode) the batch
+    is mapped before this returns, so its steps are queryable.
     """
-    from traces.ingest.decode import gunzip, parse_request, spans_for_precheck
+    from traces.ingest.decode import decode_request, spans_for_precheck
     from traces.ingest.mapping import PRECHECK_KEYS, SpanRejected, span_precheck
 
     _check_backlog(len(body))
-    raw = gunzip(body, limit=settings.STEPLENS_OTLP_MAX_BODY_BYTES) if content_encoding == "gzip" else body
-    spans = spans_for_precheck(parse_request(raw, content_type=content_type), keys=PRECHECK_KEYS)
-    rejected, reasons = 0, defaultdict(int)
+    limits = _decode_limits()
+    request = decode_request(body, content_type=content_type, content_encoding=content_encoding, limits=limits)
+    spans = spans_for_precheck(request, keys=PRECHECK_KEYS, max_attribute_bytes=limits.max_attribute_bytes)
+    del request  # the parsed request can be as big as the body: not kept while the batch is written
+    rejected, reasons, cut = 0, defaultdict(int), []
     for span in spans:
+        cut += span.cut_attributes
         try:
             span_precheck(span)
         except SpanRejected as exc:
             rejected += 1
             reasons[str(exc)] += 1
-    message = rejection_message(rejected, reasons)
+    message = rejection_message(rejected, reasons, cut=cut)
+    if not spans:
+        return BatchAccepted(batch_id=0, span_count=0, rejected=0, message=message)
     with transaction.atomic():
         batch = IngestBatch.objects.create(
             organization=organization,
@@ -271,20 +299,59 @@ def _enqueue(batch_ids: Sequence[int]) -> None:
         transaction.on_commit(lambda batch_id=batch_id: process_ingest_batches.delay(batch_id=batch_id))
 
 
-def _claim(batch_id: int | None, limit: int) -> list[int]:
-    """Mark up to `limit` queued batches (`batch_id` first) as processing, skipping ones another worker holds."""
+# A claimed batch is `processing`, and the transaction mapping it holds a lock on its row. A claim whose
+# transaction is gone (the database restarted, the connection dropped, the worker was killed) has no lock: the
+# next task or sweep releases it at once instead of waiting for the lease. Claims younger than this are left
+# alone: their worker may be between committing the claim and taking the lock.
+_CLAIM_GRACE_SECONDS = 5
+
+
+def _claim(batch_id: int | None, limit: int) -> tuple[datetime, list[int]]:
+    """Mark up to `limit` queued batches (`batch_id` first) as processing, skipping ones another worker holds, and
+    no more than one request's worth (STEPLENS_OTLP_MAX_BODY_BYTES, STEPLENS_OTLP_MAX_SPANS_PER_REQUEST) beyond the
+    first, so a worker's memory stays bounded. Returns the claim's time, which identifies it, and the ids."""
+    claimed_at = timezone.now()
     with transaction.atomic():
         queued = IngestBatch.objects.select_for_update(skip_locked=True).filter(
             status=IngestBatchStatus.QUEUED, attempts__lt=settings.STEPLENS_OTLP_BATCH_MAX_ATTEMPTS
         )
-        ids = list(queued.filter(pk=batch_id).values_list("pk", flat=True)) if batch_id is not None else []
-        if len(ids) < limit:
-            ids += list(queued.exclude(pk__in=ids).order_by("pk").values_list("pk", flat=True)[: limit - len(ids)])
+        fields = ("pk", "body_bytes", "span_count")
+        rows = list(queued.filter(pk=batch_id).values_list(*fields)) if batch_id is not None else []
+        if len(rows) < limit:
+            others = queued.exclude(pk__in=[row[0] for row in rows]).order_by("pk")
+            rows += list(others.values_list(*fields)[: limit - len(rows)])
+        ids, size, spans = [], 0, 0
+        for pk, body_bytes, span_count in rows:
+            size, spans = size + body_bytes, spans + span_count
+            if ids and (
+                size > settings.STEPLENS_OTLP_MAX_BODY_BYTES or spans > settings.STEPLENS_OTLP_MAX_SPANS_PER_REQUEST
+            ):
+                break
+            ids.append(pk)
         if ids:
             IngestBatch.objects.filter(pk__in=ids).update(
-                status=IngestBatchStatus.PROCESSING, attempts=F("attempts") + 1, claimed_at=timezone.now()
+                status=IngestBatchStatus.PROCESSING, attempts=F("attempts") + 1, claimed_at=claimed_at
             )
-    return ids
+    return claimed_at, ids
+
+
+def _release_orphaned_claims() -> int:
+    """Put batches back to queued whose claim died with its transaction (no lock held on them); returns how many.
+
+    PostgreSQL only: SQLite has no row locks to tell a live claim from a dead one, so there the lease decides.
+    """
+    if not connection.features.has_select_for_update_skip_locked:
+        return 0
+    cutoff = timezone.now() - timedelta(seconds=_CLAIM_GRACE_SECONDS)
+    with transaction.atomic():
+        orphans = list(
+            IngestBatch.objects.select_for_update(skip_locked=True)
+            .filter(status=IngestBatchStatus.PROCESSING, claimed_at__lt=cutoff)
+            .values_list("pk", flat=True)
+        )
+        if orphans:
+            IngestBatch.objects.filter(pk__in=orphans).update(status=IngestBatchStatus.QUEUED)
+    return len(orphans)
 
 
 def _finish(batch: IngestBatch, result: IngestResult) -> None:
@@ -339,26 +406,36 @@ def trace_batches_process(*, batch_id: int | None = None, limit: int | None = No
     """Claim queued batches (`batch_id` first, up to `limit`, default STEPLENS_OTLP_CLAIM_BATCHES) and map them
     in one transaction; returns how many were claimed.
 
-    A batch that cannot be mapped (malformed after all, invalid content, a bug) ends failed with the reason and
-    its body kept. On a database error (connection, deadlock, a lost insert race) the claimed batches go back to
-    queued and the error propagates, for the task to retry; if this process dies instead, the sweep re-queues
-    them once their lease is over.
+    First, claims whose worker lost its transaction (a database restart, a dropped connection, a killed worker)
+    are released, so work claimed when the database went away is mapped as soon as it is back. The mapping
+    transaction locks the claimed rows: its claim lives exactly as long as it does. A batch that cannot be
+    mapped (malformed after all, invalid content, a bug) ends failed with the reason and its body kept. On a
+    database error (connection, deadlock, a lost insert race) the claimed batches go back to queued (by this
+    call, or, when the database is gone, by the next call or sweep once it is back) and the error propagates,
+    for the task to retry.
     """
-    claimed = _claim(batch_id, limit or settings.STEPLENS_OTLP_CLAIM_BATCHES)
+    _release_orphaned_claims()
+    claimed_at, claimed = _claim(batch_id, limit or settings.STEPLENS_OTLP_CLAIM_BATCHES)
     if not claimed:
         return 0
     try:
         with transaction.atomic():
             by_org: dict[str, list[IngestBatch]] = defaultdict(list)
-            for batch in IngestBatch.objects.select_related("organization").filter(pk__in=claimed).order_by("pk"):
+            mine = (
+                IngestBatch.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("organization")
+                .filter(pk__in=claimed, status=IngestBatchStatus.PROCESSING, claimed_at=claimed_at)
+                .order_by("pk")
+            )
+            for batch in mine:
                 by_org[batch.organization_id].append(batch)
             for organization_id in sorted(by_org):
                 _map_group(by_org[organization_id][0].organization, by_org[organization_id])
     except _TRANSIENT:
-        with contextlib.suppress(DatabaseError, InterfaceError):  # if the database is gone, the sweep does it
-            IngestBatch.objects.filter(pk__in=claimed, status=IngestBatchStatus.PROCESSING).update(
-                status=IngestBatchStatus.QUEUED
-            )
+        with contextlib.suppress(DatabaseError, InterfaceError):  # the database is gone: released once it is back
+            IngestBatch.objects.filter(
+                pk__in=claimed, status=IngestBatchStatus.PROCESSING, claimed_at=claimed_at
+            ).update(status=IngestBatchStatus.QUEUED)
         raise
     return len(claimed)
 
@@ -366,11 +443,13 @@ def trace_batches_process(*, batch_id: int | None = None, limit: int | None = No
 def trace_batches_sweep() -> dict[str, int]:
     """Recover what lost tasks and killed workers left behind, and drop old finished batches.
 
-    Batches processing for longer than STEPLENS_OTLP_BATCH_LEASE_SECONDS go back to queued (or to failed after
+    Claims whose transaction is gone go back to queued at once (PostgreSQL: no lock held on them); batches
+    processing for longer than STEPLENS_OTLP_BATCH_LEASE_SECONDS go back to queued (or to failed after
     STEPLENS_OTLP_BATCH_MAX_ATTEMPTS claims: a batch that keeps killing its worker); batches queued for longer than
     STEPLENS_OTLP_REQUEUE_AFTER_SECONDS get a task again (the broker may have lost theirs); done batches older
     than STEPLENS_OTLP_BATCH_RETENTION_HOURS are deleted. Safe to run at any time, from any number of places.
     """
+    released = _release_orphaned_claims()
     now = timezone.now()
     max_attempts = settings.STEPLENS_OTLP_BATCH_MAX_ATTEMPTS
     stale = Q(status=IngestBatchStatus.PROCESSING) & Q(
@@ -398,7 +477,7 @@ def trace_batches_sweep() -> dict[str, int]:
         _enqueue(tasks)
     retention = now - timedelta(hours=settings.STEPLENS_OTLP_BATCH_RETENTION_HOURS)
     purged, _ = IngestBatch.objects.filter(status=IngestBatchStatus.DONE, processed_at__lt=retention).delete()
-    return {"requeued": requeued, "failed": gave_up, "enqueued": len(tasks), "purged": purged}
+    return {"released": released, "requeued": requeued, "failed": gave_up, "enqueued": len(tasks), "purged": purged}
 
 
 def trace_batches_retry(*, batch_ids: Sequence[int]) -> int:

@@ -181,6 +181,14 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"api_key": env("STEPLENS_API_RATE", 
 # Export is configured by the standard OTEL_* variables only (see traces/otel/setup.py), never here.
 # Largest OTLP/HTTP body accepted by POST /v1/traces, compressed or inflated (413 above it).
 STEPLENS_OTLP_MAX_BODY_BYTES = env.int("STEPLENS_OTLP_MAX_BODY_BYTES", default=8 * 1024 * 1024)
+# Spans per OTLP request (413 above it, counted on the wire before anything is built): bounds the memory a small
+# gzip body of millions of empty spans could take. SDK batch processors send 512 at most.
+STEPLENS_OTLP_MAX_SPANS_PER_REQUEST = env.int("STEPLENS_OTLP_MAX_SPANS_PER_REQUEST", default=10_000)
+# Largest span attribute value kept; a longer one is cut (visibly, JSON kept valid) and the answer says so.
+STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES = env.int("STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES", default=1024 * 1024)
+# Largest ProviderTrace request_json / response_json stored (agent loop and ingest alike): cut visibly above it,
+# so one huge prompt cannot make a multi-megabyte row.
+STEPLENS_PROVIDER_TRACE_MAX_BYTES = env.int("STEPLENS_PROVIDER_TRACE_MAX_BYTES", default=1024 * 1024)
 # Ingest requests handled at once per web process; beyond that the endpoint answers 503 with Retry-After
 # instead of queueing batches in memory.
 STEPLENS_OTLP_MAX_CONCURRENT = env.int("STEPLENS_OTLP_MAX_CONCURRENT", default=8)

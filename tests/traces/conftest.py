@@ -12,6 +12,7 @@ import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
+from config.celery import app as celery_app
 from traces.otel import telemetry_reset
 
 
@@ -130,3 +131,15 @@ def _no_installed_telemetry() -> Iterator[None]:
     telemetry_reset()
     yield
     telemetry_reset()
+
+
+@pytest.fixture
+def queued_mode(settings):
+    """Production mode without a worker: tasks go to an in-memory broker nobody consumes."""
+    saved = {k: celery_app.conf[k] for k in ("broker_url", "task_always_eager")}
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    celery_app.conf.update(broker_url="memory://", task_always_eager=False)
+    try:
+        yield
+    finally:
+        celery_app.conf.update(saved)

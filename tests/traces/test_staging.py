@@ -5,7 +5,7 @@ from datetime import timedelta
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from django.db import connections
+from django.db import connection, connections
 from django.utils import timezone
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
@@ -18,18 +18,6 @@ from traces.models import IngestBatch, IngestBatchStatus, ProviderTrace
 from traces.services import trace_batches_process, trace_batches_sweep
 
 PROTOBUF = "application/x-protobuf"
-
-
-@pytest.fixture
-def queued_mode(settings):
-    """Production mode without a worker: tasks go to an in-memory broker nobody consumes."""
-    saved = {k: celery_app.conf[k] for k in ("broker_url", "task_always_eager")}
-    settings.CELERY_TASK_ALWAYS_EAGER = False
-    celery_app.conf.update(broker_url="memory://", task_always_eager=False)
-    try:
-        yield
-    finally:
-        celery_app.conf.update(saved)
 
 
 def _post(client, body: bytes, **headers):
@@ -98,7 +86,8 @@ def test_the_sweep_maps_batches_of_a_dead_worker_and_a_lost_task_without_duplica
 
     celery_app.conf.task_always_eager = True  # the sweep's tasks run here, after its commit
     outcome = trace_batches_sweep()
-    assert outcome["requeued"] == 1 and outcome["enqueued"] >= 1
+    # PostgreSQL sees that no transaction holds the claim and releases it; SQLite waits for the lease.
+    assert outcome["released" if connection.vendor == "postgresql" else "requeued"] == 1 and outcome["enqueued"] >= 1
     assert set(IngestBatch.objects.values_list("status", flat=True)) == {IngestBatchStatus.DONE}
     assert IngestBatch.objects.get(pk=dead.pk).attempts == 2
     assert _counts() == (1, 2, 5, 2)  # one run, two steps, five messages, two provider traces: no duplicates

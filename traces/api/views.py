@@ -4,8 +4,8 @@ import json
 import threading
 
 from django.conf import settings
-from django.db import OperationalError
-from django.http import HttpResponse
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -15,7 +15,7 @@ from traces.ingest.decode import JSON, PROTOBUF, encode_response
 from traces.services import IngestOverloaded, trace_batch_accept
 
 # google.rpc.Code values for the Status body OTLP/HTTP asks for on errors.
-_RPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 429: 8, 503: 14}
+_RPC_CODES = {400: 3, 401: 16, 411: 3, 413: 8, 415: 3, 429: 8, 503: 14}
 _slots: threading.BoundedSemaphore | None = None
 _slots_lock = threading.Lock()
 
@@ -27,6 +27,51 @@ def _ingest_slots() -> threading.BoundedSemaphore:
         if _slots is None:
             _slots = threading.BoundedSemaphore(settings.STEPLENS_OTLP_MAX_CONCURRENT)
         return _slots
+
+
+_READ_CHUNK = 64 * 1024
+
+
+class BodyError(ApplicationError):
+    """The request body cannot be taken whole: over the limit (413), cut short or empty (400), or its framing
+    unknown to the server (411)."""
+
+
+def read_body(request: HttpRequest, *, limit: int) -> bytes:
+    """The whole request body, whatever its framing, never more than `limit` bytes in memory.
+
+    With Content-Length, that many bytes (413 at once when it announces more than `limit`; 400 when the body ends
+    early). Without one (Transfer-Encoding: chunked), the WSGI input stream is read to its end, which gunicorn
+    (and any server setting wsgi.input_terminated) decodes and terminates; reading stops with a 413 as soon as
+    limit + 1 bytes came. A server that cannot terminate the stream gets a 411: reading would block or mistake
+    the chunk framing for the body. An empty body is a 400: a 2xx must never stand for spans not received.
+    """
+    too_large = BodyError(f"Body is over the {limit}-byte limit.", status_code=413)
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if declared.strip():
+        if not declared.strip().isdigit():
+            raise BodyError("Content-Length is not a number.", status_code=400)
+        expected = int(declared)
+        if expected > limit:
+            raise too_large
+        body = request.read(expected)
+        if len(body) < expected:
+            raise BodyError(f"Body ended after {len(body)} of {expected} bytes.", status_code=400)
+    elif request.META.get("wsgi.input_terminated"):
+        stream, pieces, size = request.META["wsgi.input"], [], 0
+        while piece := stream.read(min(_READ_CHUNK, limit + 1 - size)):
+            pieces.append(piece)
+            size += len(piece)
+            if size > limit:
+                raise too_large
+        body = b"".join(pieces)
+    elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        raise BodyError("This server cannot read a chunked body: send Content-Length.", status_code=411)
+    else:
+        body = b""
+    if not body:
+        raise BodyError("Body is empty: there is nothing to ingest.", status_code=400)
+    return body
 
 
 def _status(status: int, message: str, *, content_type: str = JSON, retry_after: int | None = None) -> HttpResponse:
@@ -66,12 +111,10 @@ class OtlpTracesApi(APIView):
             )
 
         limit = settings.STEPLENS_OTLP_MAX_BODY_BYTES
-        declared = request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            return _status(413, f"Body is over the {limit}-byte limit.", content_type=content_type)
-        body = request._request.read(limit + 1)  # the raw stream: DRF must not parse (or buffer) it
-        if len(body) > limit:
-            return _status(413, f"Body is over the {limit}-byte limit.", content_type=content_type)
+        try:
+            body = read_body(request._request, limit=limit)  # the raw stream: DRF must not parse (or buffer) it
+        except BodyError as exc:
+            return _status(exc.status_code, exc.message, content_type=content_type)
 
         slots = _ingest_slots()
         if not slots.acquire(blocking=False):
@@ -87,8 +130,8 @@ class OtlpTracesApi(APIView):
             return _status(503, exc.message, content_type=content_type, retry_after=exc.retry_after)
         except ApplicationError as exc:
             return _status(exc.status_code, exc.message, content_type=content_type)
-        except OperationalError:
-            # The database is down or out of connections: the client keeps the batch and retries.
+        except (OperationalError, InterfaceError):
+            # The database is down, out of connections or dropped ours: the client keeps the batch and retries.
             return _status(503, "Storage unavailable; retry later.", content_type=content_type, retry_after=5)
         finally:
             slots.release()

@@ -97,6 +97,7 @@ class LlmCall:
     error_message: str | None = None
     traceback: str | None = None
     dropped_messages: int = 0
+    trace_cut: bool = False  # its provider trace was cut to STEPLENS_PROVIDER_TRACE_MAX_BYTES
     tool_ns: int = 0
     tool_messages: list[MessageIn] = field(default_factory=list)
 
@@ -218,7 +219,7 @@ def _loads(value: Any) -> Any:
     if isinstance(value, str):
         try:
             loaded = json.loads(value)
-        except ValueError:
+        except (RecursionError, ValueError):  # not JSON, or nested past the parser's limit: kept as text
             return value
         # JSON text may spell a NUL as \u0000, which PostgreSQL would refuse once decoded.
         return clean_value(loaded) if "\\u0000" in value else loaded

@@ -30,9 +30,7 @@ from traces.ingest.mapping import (
     span_kind,
     tool_execution,
 )
-from traces.services import IngestResult, ProviderTraceIn
-
-_MAX_REASONS = 3
+from traces.services import IngestResult, ProviderTraceIn, provider_trace_json, rejection_message
 
 
 def _classify(
@@ -201,6 +199,19 @@ def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepR
     inputs = [m for m in inputs if not (m.role == "tool" and m.tool_call_id in covered_tool_ids)]
     model = call.response_model or call.request_model
     usage_json = {k: v for k, v in call.usage.as_counts().items() if v is not None}
+    # Cut here (the services cut again, a no-op) to count the cuts for the batch's result.
+    request_json = provider_trace_json({"model": call.request_model, "messages": call.raw_input, **call.request_params})
+    response_json = provider_trace_json(
+        {
+            "id": call.response_id,
+            "model": call.response_model,
+            "finish_reason": call.finish_reason,
+            "usage": usage_json,
+            # The output is stored as the step's messages; kept here only when some of it could not be.
+            **({"output": call.raw_output} if call.dropped_messages else {}),
+        }
+    )
+    call.trace_cut = request_json.cut or response_json.cut
     return StepRecord(
         trace_id=span.trace_id,
         span_id=span.span_id,
@@ -241,15 +252,8 @@ def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepR
             provider=call.provider or "unknown",
             model=model or "",
             api=str(span.attributes.get("gen_ai.operation.name") or "chat")[:32],
-            request_json={"model": call.request_model, "messages": call.raw_input, **call.request_params},
-            response_json={
-                "id": call.response_id,
-                "model": call.response_model,
-                "finish_reason": call.finish_reason,
-                "usage": usage_json,
-                # The output is stored as the step's messages; kept here only when some of it could not be.
-                **({"output": call.raw_output} if call.dropped_messages else {}),
-            },
+            request_json=request_json.value,
+            response_json=response_json.value,
             latency_ms=duration // 1_000_000,
             error_type=call.error_type,
             error_message=call.error_message,
@@ -328,16 +332,6 @@ def _tool_leftovers(organization: Organization, tools: list[ToolExecution]) -> N
         messages_create(organization=organization, messages=[message.model_copy(update={"otid": otid})], step=step)
 
 
-def _message(rejected: int, reasons: dict[str, int], dropped: int) -> str:
-    parts = []
-    if rejected:
-        top = sorted(reasons.items(), key=lambda item: -item[1])[:_MAX_REASONS]
-        parts.append(f"{rejected} span(s) rejected: " + "; ".join(f"{reason} ({n})" for reason, n in top))
-    if dropped:
-        parts.append(f"{dropped} message(s) with unusable content were skipped")
-    return ". ".join(parts)
-
-
 def ingest_spans(*, organization: Organization, spans: Sequence[OtlpSpan]) -> IngestResult:
     """See traces.services.trace_ingest."""
     return ingest_span_groups(organization=organization, groups=[spans])[0]
@@ -404,14 +398,22 @@ def ingest_span_groups(*, organization: Organization, groups: Sequence[Sequence[
     runs_created = [0] * len(groups)
     for run in new_runs:
         runs_created[group_of.get((run.trace_id, run.span_id), 0)] += 1
-    dropped = [0] * len(groups)
+    dropped, traces_cut = [0] * len(groups), [0] * len(groups)
     for call in calls:
-        dropped[group_of.get((call.span.trace_id, call.span.span_id), 0)] += call.dropped_messages
+        group = group_of.get((call.span.trace_id, call.span.span_id), 0)
+        dropped[group] += call.dropped_messages
+        traces_cut[group] += call.trace_cut
     return [
         IngestResult(
             accepted=total - rejected,
             rejected=rejected,
-            message=_message(rejected, reasons, dropped[index]),
+            message=rejection_message(
+                rejected,
+                reasons,
+                dropped[index],
+                cut=[key for span in groups[index] for key in span.cut_attributes],
+                traces_cut=traces_cut[index],
+            ),
             steps_created=steps_created[index],
             runs_created=runs_created[index],
         )
