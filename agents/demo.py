@@ -20,7 +20,7 @@ from django.utils import timezone
 from accounts.models import Organization
 from agents.loop import run_execute
 from agents.models import Agent, Run, RunStatus
-from agents.providers import ErrorSpec, Scenario, ToolCallSpec, Turn, TurnUsage, register_scenario
+from agents.providers import ErrorSpec, Scenario, Turn, TurnUsage, register_scenario, tool_for_question, tool_turns
 from agents.services import agent_create, agent_update, run_cancel, run_decide_approval, run_start
 from steps.models import Message, Step, StepMetrics
 from steps.rollups import step_rollups_rebuild
@@ -37,6 +37,7 @@ QUESTIONS = [
     "Summarize the status of the deploy pipeline.",
     "How warm is it in Lisbon?",
     "Refund order B-77, the package never arrived.",
+    "What does the annual plan cost: 1299 * 12 * 0.85?",
 ]
 
 
@@ -77,50 +78,25 @@ def _usage(rng: random.Random, *, prompt: int, completion: int, cached: int = 0,
     )
 
 
-def _tool_call(spec: DemoAgent, question: str) -> ToolCallSpec:
-    if "Plot" in question:
-        return ToolCallSpec(name="render_chart", arguments={"title": "Weekly sign-ups", "values": [12, 18, 25, 31, 29]})
-    if "efund" in question and "issue_refund" in spec.tools:
-        order = "A-1042" if "A-1042" in question else "B-77"
-        return ToolCallSpec(name="issue_refund", arguments={"order_id": order, "amount": 49.9, "reason": question})
-    city = next((c for c in ("Paris", "Oslo", "London", "Lisbon") if c in question), "Paris")
-    return ToolCallSpec(name="get_weather", arguments={"city": city})
-
-
-def _question(request) -> str:
-    last = next((m for m in reversed(request.messages) if m.role == "user"), None)
-    return "".join(p.text for p in (last.content if last else []) if getattr(p, "type", "") == "text")
-
-
 def _happy(spec: DemoAgent, rng: random.Random) -> list:
-    """Tool call, then the answer; usage varies per run and about 60% of calls hit the prompt cache."""
+    """The built-in tool scenario (agents.providers.tool_turns): the tool the question asks for among the agent's,
+    then the answer from its return. Usage varies per run and about 60% of calls hit the prompt cache."""
     cache = spec.api == "anthropic"
 
-    def first(request) -> Turn:
+    def first_usage() -> TurnUsage:
         hit = rng.random() < 0.6
-        return Turn(
-            reasoning="The user needs live data; I will call the tool first." if spec.reasoning else "",
-            text="Let me look that up." if spec.api == "anthropic" else "",
-            tool_calls=[_tool_call(spec, _question(request))],
-            usage=_usage(
-                rng, prompt=380, completion=30, cached=320 if hit else 0, write=320 if cache and not hit else 0,
-                reasoning=rng.randint(40, 200) if spec.reasoning else 0,
-            ),
+        return _usage(
+            rng, prompt=380, completion=30, cached=320 if hit else 0, write=320 if cache and not hit else 0,
+            reasoning=rng.randint(40, 200) if spec.reasoning else 0,
         )  # fmt: skip
 
-    def second(request) -> Turn:
-        return Turn(
-            text=rng.choice(
-                [
-                    "Here is what I found: it's mild and mostly sunny, around 18°C.",
-                    "Done. Let me know if there's anything else I can help with.",
-                    "All set — the details are above.",
-                ]
-            ),
-            usage=_usage(rng, prompt=520, completion=40, cached=384 if spec.api != "google" else 0),
-        )
-
-    return [first, second]
+    return tool_turns(
+        api=spec.api,
+        tool=lambda question: tool_for_question(question, spec.tools),
+        first_usage=first_usage,
+        answer_usage=lambda: _usage(rng, prompt=520, completion=40, cached=384 if spec.api != "google" else 0),
+        reasoning="The user needs live data; I will call the tool first." if spec.reasoning else "",
+    )
 
 
 ERRORS = {

@@ -27,6 +27,7 @@ from agents.providers import (
     ToolSpec,
     get_adapter,
 )
+from agents.providers.redaction import redact_text
 from agents.services import run_finish, run_mark_running
 from agents.streams import DONE, get_run_stream
 from agents.tools import Tool, execute_tool, get_tool
@@ -334,9 +335,13 @@ def _stop_for_answer(*, result: LLMResult, agent: Agent) -> str | None:
 
 
 def run_usage(*, run: Run) -> dict[str, Any]:
-    """Token and cost totals of a run's steps as the run API and stream report them (every attempt counts)."""
+    """Token and cost totals of a run's steps as the run API and stream report them (every attempt counts).
+
+    A token count is None when no step reported it (the rule of every usage field, and what
+    /v1/runs/{id}/usage says), else the sum of what the steps reported.
+    """
     totals = run_usage_totals(run_id=run.pk)
-    usage: dict[str, Any] = {name: totals[name] or 0 for name in USAGE_FIELDS}
+    usage: dict[str, Any] = {name: totals[name] for name in USAGE_FIELDS}
     usage["cost_usd"] = float(totals["cost_usd"] or 0)
     usage["step_count"] = totals["steps"]
     return usage
@@ -389,7 +394,7 @@ def run_execute(*, run_id: str) -> Run:
         status, stop_reason, error = (
             RunStatus.FAILED,
             StopReason.ERROR,
-            {"message": str(exc), "type": type(exc).__name__},
+            {"error_type": "internal_error", "message": redact_text(str(exc)), "exception": type(exc).__name__},
         )
     finally:
         with _local_lock:
@@ -416,8 +421,8 @@ def _finish(
     run = run_finish(
         run=run, status=status, stop_reason=stop_reason, ttft_ns=ttft, total_duration_ns=duration, error_data=error
     )
-    if error is not None:
-        publish("error_message", error_type=error.get("error_type", "error"), message=error.get("message", ""),
+    if run.error is not None:
+        publish("error_message", error_type=run.error["type"], message=run.error["message"], error=run.error,
                 detail=error)  # fmt: skip
     publish("stop_reason", stop_reason=stop_reason)
     publish("usage_statistics", **run_usage(run=run))

@@ -118,3 +118,15 @@ class Run(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
+
+    @property
+    def error(self) -> dict[str, str] | None:
+        """Why the run failed, as every run answer shows it: `{type, message}` from `error_data`, else None.
+
+        `type` is the step's error type (`authentication`, `rate_limit`, `internal_error` …). The message was
+        redacted before it was stored (provider error bodies can echo a key), so no credential appears here.
+        """
+        data = self.error_data
+        if not isinstance(data, dict) or not (data.get("error_type") or data.get("message")):
+            return None
+        return {"type": str(data.get("error_type") or "error"), "message": str(data.get("message") or "")}

@@ -77,10 +77,14 @@ def run_finish(
         return run
     run.status = status
     run.stop_reason = stop_reason
+    # A run paused for an approval runs in segments (one run_execute each). `total_duration_ns` is the time of
+    # the segment that ends here and is added to the run's total; the time spent waiting for a human is not
+    # counted. `ttft_ns` is measured from the start of the segment that produced the first chunk, so it is
+    # never more than that segment, hence never more than the total.
     if ttft_ns is not None and run.ttft_ns is None:
         run.ttft_ns = ttft_ns
     if total_duration_ns is not None:
-        run.total_duration_ns = total_duration_ns
+        run.total_duration_ns = (run.total_duration_ns or 0) + total_duration_ns
     if error_data is not None:
         run.error_data = error_data
     if status in _FINISHED:

@@ -12,7 +12,8 @@ from agents.models import Run
 from config.errors import NotFound
 from steps.filters import step_filterset
 from steps.models import Message, Step, StepMetrics, StepStatus
-from steps.pagination import DEFAULT_LIMIT, Page, keyset_page
+from steps.pagination import DEFAULT_LIMIT, Page, expanded_keyset_page, keyset_page
+from steps.rendering import render_message
 
 USAGE_FIELDS = (
     "prompt_tokens",
@@ -61,14 +62,18 @@ def step_messages(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> Page:
-    """A page of the messages a step produced (or was given), in sequence order."""
+    """A page of the messages a step produced (or was given) as the typed message union, in sequence order.
+
+    `limit` counts what is returned: one stored message may render as several typed messages (reasoning, text,
+    tool calls), and a page may stop inside one; the cursor goes on from there.
+    """
     step = Step.objects.filter(organization=organization, pk=step_id).only("pk").first()
     if step is None:
         raise NotFound("Step not found.")
     queryset = Message.objects.filter(step=step)
-    return keyset_page(
-        queryset=queryset, kind=f"messages:{step_id}", fields=("sequence_id", "id"), types=(int, str), order=order,
-        limit=limit, cursor=cursor,
+    return expanded_keyset_page(
+        queryset=queryset, kind=f"message-items:{step_id}", fields=("sequence_id", "id"), types=(int, str),
+        expand=render_message, order=order, limit=limit, cursor=cursor,
     )  # fmt: skip
 
 

@@ -93,9 +93,10 @@ def _finish_reason(run: Run) -> str:
 def _usage(run: Run) -> dict[str, Any]:
     totals = run_usage(run=run)
     return {
-        "prompt_tokens": totals["prompt_tokens"],
-        "completion_tokens": totals["completion_tokens"],
-        "total_tokens": totals["total_tokens"],
+        # The chat-completions format requires these three counts; the details may be null (not reported).
+        "prompt_tokens": totals["prompt_tokens"] or 0,
+        "completion_tokens": totals["completion_tokens"] or 0,
+        "total_tokens": totals["total_tokens"] or 0,
         "prompt_tokens_details": {"cached_tokens": totals["cached_input_tokens"]},
         "completion_tokens_details": {"reasoning_tokens": totals["reasoning_tokens"]},
     }
@@ -184,9 +185,10 @@ class ChatCompletionsApi(APIView):
         services.run_dispatch(run=run, wait=True)
         run = services.run_wait(run=run, timeout=settings.STEPLENS_SYNC_WAIT_SECONDS)
         if run.status == RunStatus.FAILED:
+            reason = f": {run.error['type']}: {run.error['message']}" if run.error else "."
             raise ApplicationError(
-                "The agent run failed.",
-                extra={"run_id": run.pk, "stop_reason": run.stop_reason, "error": run.error_data},
+                f"The agent run {run.pk} failed ({run.stop_reason}){reason}",
+                code="run_failed",
                 status_code=502,
             )
         return Response(

@@ -28,14 +28,22 @@ class AgentSerializer(serializers.ModelSerializer):
         validators: list[Any] = []
 
 
+class RunErrorSerializer(serializers.Serializer):
+    """Why a run failed: the error type of the step that ended it (or `internal_error`) and its message."""
+
+    type = serializers.CharField()
+    message = serializers.CharField()
+
+
 class RunSerializer(serializers.ModelSerializer):
     agent_id = serializers.CharField(read_only=True, allow_null=True)
+    error = RunErrorSerializer(read_only=True, allow_null=True)
 
     class Meta:
         model = Run
         fields = [
             "id", "agent_id", "request_id", "status", "stop_reason", "background", "ttft_ns", "total_duration_ns",
-            "step_count", "user_id", "conversation_id", "trace_id", "error_data", "created_at", "started_at",
+            "step_count", "user_id", "conversation_id", "trace_id", "error", "error_data", "created_at", "started_at",
             "completed_at", "cancel_requested_at",
         ]  # fmt: skip
 

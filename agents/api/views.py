@@ -82,6 +82,7 @@ def run_response(run: Run, *, after_sequence: int = 0) -> dict[str, Any]:
         "request_id": run.request_id,
         "status": run.status,
         "stop_reason": run.stop_reason,
+        "error": run.error,
         "messages": render_messages(list(messages)),
         "usage": run_usage(run=run),
     }

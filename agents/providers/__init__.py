@@ -33,6 +33,8 @@ from agents.providers.scripted import (
     get_scenario,
     register_scenario,
     scenario_names,
+    tool_for_question,
+    tool_turns,
     unregister_scenario,
 )
 from agents.providers.transport import InMemoryTransport, WireResponse
@@ -73,5 +75,7 @@ __all__ = [
     "register_scenario",
     "scenario_names",
     "synthesize",
+    "tool_for_question",
+    "tool_turns",
     "unregister_scenario",
 ]

@@ -21,8 +21,9 @@ Register your own with `register_scenario(Scenario(...))` and use it as `scripte
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,6 +296,107 @@ def _weather(api: str, model: str, *, reasoning: bool, cache: bool) -> list[Entr
     ]
 
 
+# --- tool scenarios: the first call asks for a tool with arguments read from the question, the second answers
+# from what the tool returned (an approval denied comes back as the tool's error). The demo builds its agents
+# from the same functions.
+
+_ORDER_ID = re.compile(r"\b[A-Z]{1,3}-\d{1,8}\b")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_EXPRESSION = re.compile(r"[\d(][\d\s.+\-*/%()]*[\d)]")
+_OPERATION = re.compile(r"[\d)]\s*(?:[-+*/%]|\*\*)\s*[\d(]")
+_CITIES = ("Paris", "Oslo", "London", "Lisbon", "Berlin", "Tokyo", "New York")
+
+
+def last_user_text(request: LLMRequest) -> str:
+    """The text of the last user message of the request ('' when there is none)."""
+    last = next((m for m in reversed(request.messages) if m.role == "user"), None)
+    return message_text(last) if last is not None else ""
+
+
+def calculator_call(question: str) -> ToolCallSpec:
+    """calculator(expression): the arithmetic in the question, or the mean of the demo's sign-ups."""
+    found = max((m for m in _EXPRESSION.findall(question) if _OPERATION.search(m)), key=len, default="")
+    return ToolCallSpec(name="calculator", arguments={"expression": found or "(12 + 18 + 25 + 31 + 29) / 5"})
+
+
+def chart_call(question: str) -> ToolCallSpec:
+    """render_chart(title, values): the numbers in the question (two or more), else the demo's sign-ups."""
+    values = [float(n) if "." in n else int(n) for n in _NUMBER.findall(question)]
+    values = values[:50] if len(values) >= 2 else [12, 18, 25, 31, 29]
+    return ToolCallSpec(name="render_chart", arguments={"title": "Weekly sign-ups", "values": values})
+
+
+def refund_call(question: str) -> ToolCallSpec:
+    """issue_refund(order_id, amount, reason): the order id in the question (e.g. A-1042), 49.90, the question."""
+    match = _ORDER_ID.search(question)
+    order_id = match.group(0) if match else "A-1042"
+    return ToolCallSpec(name="issue_refund", arguments={"order_id": order_id, "amount": 49.9, "reason": question})
+
+
+def weather_call(question: str) -> ToolCallSpec:
+    """get_weather(city): the first known city named in the question, else Paris."""
+    return ToolCallSpec(name="get_weather", arguments={"city": next((c for c in _CITIES if c in question), "Paris")})
+
+
+TOOL_CALLS: dict[str, Callable[[str], ToolCallSpec]] = {
+    "calculator": calculator_call,
+    "render_chart": chart_call,
+    "issue_refund": refund_call,
+    "get_weather": weather_call,
+}
+
+
+def tool_for_question(question: str, tools: Sequence[str]) -> str:
+    """Which of `tools` a question asks for: charts, refunds, arithmetic, else the weather (or the first tool)."""
+    lowered = question.lower()
+    wanted = [
+        ("render_chart", "plot" in lowered or "chart" in lowered),
+        ("issue_refund", "refund" in lowered),
+        ("calculator", bool(_OPERATION.search(question)) or "calculate" in lowered),
+        ("get_weather", True),
+    ]
+    return next((name for name, asked in wanted if asked and name in tools), tools[0])
+
+
+def tool_answer(request: LLMRequest) -> Turn:
+    """The answer after a tool ran: what the tool returned, or why it could not (an error or a denied approval)."""
+    last = next((m for m in reversed(request.messages) if m.role == "tool"), None)
+    returns = tool_returns(last) if last is not None else []
+    text = " ".join(p.text for ret in returns for p in ret.parts if hasattr(p, "text")).strip()
+    if any(ret.is_error for ret in returns):
+        return Turn(text=f"I could not do that: {text or 'the tool failed'}.")
+    return Turn(text=f"Done. {text}" if text else "Done.")
+
+
+def tool_turns(
+    *,
+    api: str,
+    tool: str | Callable[[str], str],
+    first_usage: Callable[[], TurnUsage | None] = lambda: None,
+    answer_usage: Callable[[], TurnUsage | None] = lambda: None,
+    reasoning: str = "",
+) -> list[Entry]:
+    """Two turns: call `tool` (a name, or a function of the question naming one) with arguments from the
+    question, then answer from its return. `*_usage` give each call's usage (None: estimated from the text)."""
+
+    def call(request: LLMRequest) -> Turn:
+        question = last_user_text(request)
+        name = tool(question) if callable(tool) else tool
+        return Turn(
+            reasoning=reasoning,
+            text="Let me take care of that." if api == "anthropic" else "",
+            tool_calls=[TOOL_CALLS[name](question)],
+            usage=first_usage(),
+        )
+
+    def answer(request: LLMRequest) -> Turn:
+        turn = tool_answer(request)
+        turn.usage = answer_usage()
+        return turn
+
+    return [call, answer]
+
+
 def _builtin() -> list[Scenario]:
     scenarios = [
         Scenario(
@@ -438,6 +540,21 @@ def _builtin() -> list[Scenario]:
                 description="Echoes the last user message with usage estimated from the history.",
             )
         )
+    tools = (
+        ("calculator", "calculator", "calculator(expression) with the arithmetic in the question, then the result."),
+        ("chart", "render_chart", "render_chart(values) with the numbers in the question (a PNG), then the answer."),
+        ("refund", "issue_refund", "issue_refund(order_id) for the order in the question (needs approval), then "
+         "the outcome: refunded, or the reason it was denied."),
+    )  # fmt: skip
+    for prefix, tool, description in tools:
+        for suffix, api, model in (
+            ("openai", "openai_chat", "gpt-4o-mini"),
+            ("responses", "openai_responses", "gpt-5-mini"),
+            ("anthropic", "anthropic", "claude-sonnet-4-6"),
+            ("google", "google", "gemini-2.5-flash"),
+        ):
+            scenarios.append(Scenario(f"{prefix}-{suffix}", api, model, tool_turns(api=api, tool=tool),
+                                      description=description))  # fmt: skip
     return scenarios
 
 

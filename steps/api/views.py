@@ -106,12 +106,12 @@ class StepDetailApi(APIView):
 
 
 class StepMessagesApi(APIView):
-    """The step's messages as the typed message union, in sequence order, cursor paginated over messages."""
+    """The step's messages as the typed message union, in sequence order, cursor paginated over those items."""
 
     @extend_schema(
         operation_id="steps_messages_list",
         parameters=[
-            OpenApiParameter("limit", OpenApiTypes.INT, description="Stored messages per page, 1–1000 (default 50)."),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="Typed messages per page, 1–1000 (default 50)."),
             OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By sequence (default asc)."),
             OpenApiParameter("cursor", OpenApiTypes.STR, description="next_cursor of the previous page."),
         ],
@@ -124,7 +124,7 @@ class StepMessagesApi(APIView):
             organization=request_organization(request), step_id=step_id, order=params["order"],
             limit=params["limit"], cursor=params.get("cursor") or None,
         )  # fmt: skip
-        return _page_response(page, render_messages(page.items))
+        return _page_response(page, page.items)
 
 
 class StepMetricsApi(APIView):

@@ -271,8 +271,8 @@ def test_step_messages_render_the_typed_union_in_sequence_pages(api_client, agen
     make(**common, sequence_id=6, role="approval", name="denied", tool_call_id="call_2",
          content=[{"type": "text", "text": "too much"}])  # fmt: skip
 
-    first = api_client.get(f"/v1/steps/{step.id}/messages", {"limit": 3}).json()
-    second = api_client.get(f"/v1/steps/{step.id}/messages", {"limit": 3, "cursor": first["next_cursor"]}).json()
+    first = api_client.get(f"/v1/steps/{step.id}/messages", {"limit": 6}).json()
+    second = api_client.get(f"/v1/steps/{step.id}/messages", {"limit": 6, "cursor": first["next_cursor"]}).json()
 
     types = [m["message_type"] for m in first["data"] + second["data"]]
     assert types == [
@@ -293,6 +293,28 @@ def test_step_messages_render_the_typed_union_in_sequence_pages(api_client, agen
     assert {m["step_id"] for m in items.values()} == {step.id}
     assert [m["sequence"] for m in first["data"]] == [1, 2, 3, 3, 3, 3]
     assert second["has_more"] is False
+
+    # `limit` counts the typed messages returned, also when a page stops inside one stored message.
+    everything = first["data"] + second["data"]
+    for order, expected in (("asc", everything), ("desc", everything[::-1])):
+        walked, cursor, pages = [], None, 0
+        while True:
+            params = {"limit": 1, "order": order, **({"cursor": cursor} if cursor else {})}
+            page = api_client.get(f"/v1/steps/{step.id}/messages", params).json()
+            assert len(page["data"]) == 1
+            walked += page["data"]
+            pages += 1
+            cursor = page["next_cursor"]
+            if not page["has_more"]:
+                break
+        assert (walked, pages) == (expected, len(everything)), order
+    pages = [api_client.get(f"/v1/steps/{step.id}/messages", {"limit": 4}).json()]
+    for _ in range(2):
+        params = {"limit": 4, "cursor": pages[-1]["next_cursor"]}
+        pages.append(api_client.get(f"/v1/steps/{step.id}/messages", params).json())
+    assert [len(p["data"]) for p in pages] == [4, 4, 1]
+    assert [m for p in pages for m in p["data"]] == everything
+    assert api_client.get(f"/v1/steps/{step.id}/messages", {"limit": 9}).json()["has_more"] is False
 
 
 # --- feedback -----------------------------------------------------------------------------------
