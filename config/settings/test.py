@@ -14,3 +14,6 @@ STEPLENS_LLM_RETRY_BASE_SECONDS = 0.01
 STEPLENS_LLM_RETRY_MAX_SECONDS = 0.05
 STEPLENS_CANCEL_POLL_SECONDS = 0.05
 REDIS_URL = ""
+# WhiteNoise serves the apps' static files from their folders, as in development: tests run no collectstatic.
+WHITENOISE_AUTOREFRESH = True
+WHITENOISE_USE_FINDERS = True

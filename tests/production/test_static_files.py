@@ -18,36 +18,28 @@ REPO = Path(django_settings.BASE_DIR)
 ASSET_REFERENCE = re.compile(r"""(?:src|href)\s*=\s*["']([^"']+)["']""")
 
 
-@pytest.fixture
-def static_client(client, settings, tmp_path):
-    """A test client whose WhiteNoise serves the apps' static files straight from their finders."""
-    settings.STATIC_ROOT = tmp_path  # nothing collected: the finders are the only source
-    settings.WHITENOISE_USE_FINDERS = True
-    return client
-
-
-def test_api_docs_load_swagger_ui_only_from_this_server(static_client):
-    page = static_client.get("/v1/docs")
+def test_api_docs_load_swagger_ui_only_from_this_server(client):
+    page = client.get("/v1/docs")
 
     assert page.status_code == 200
     assets = ASSET_REFERENCE.findall(page.content.decode())
     assert {Path(url).name for url in assets} >= {"swagger-ui.css", "swagger-ui-bundle.js"}
     for url in assets:
         assert url.startswith("/static/"), f"/v1/docs loads {url} from elsewhere"
-        answer = static_client.get(url)
+        answer = client.get(url)
         assert answer.status_code == 200, url
         body = b"".join(answer.streaming_content) if answer.streaming else answer.content
         assert len(body) > 100, url
 
 
-def test_api_docs_page_has_no_address_outside_this_server(static_client):
-    html = static_client.get("/v1/docs").content.decode()
+def test_api_docs_page_has_no_address_outside_this_server(client):
+    html = client.get("/v1/docs").content.decode()
 
     assert not re.findall(r"https?://|//cdn", html)
 
 
-def test_admin_stylesheet_is_served_by_the_web_process(static_client):
-    answer = static_client.get("/static/admin/css/base.css")
+def test_admin_stylesheet_is_served_by_the_web_process(client):
+    answer = client.get("/static/admin/css/base.css")
 
     assert answer.status_code == 200
     assert answer["Content-Type"].startswith("text/css")
