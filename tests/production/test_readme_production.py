@@ -250,6 +250,15 @@ def _read_stream(response: requests.Response, record: StreamRecord) -> None:
         record.error = exc
 
 
+def _chat_completion_stream(deployment: Deployment, *, agent_name: str) -> str:
+    """The text the official openai client assembles from a streamed chat completion."""
+    client = openai.OpenAI(base_url=deployment.url("v1"), api_key=deployment.api_key, max_retries=0, timeout=120)
+    chunks = client.chat.completions.create(
+        model=agent_name, messages=[{"role": "user", "content": "hello from the openai client"}], stream=True
+    )
+    return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+
 def _static_assets(html: str) -> list[str]:
     return [url for url in ASSET_REFERENCE.findall(html) if not url.startswith(("#", "/admin/", "data:"))]
 
@@ -293,19 +302,18 @@ def test_readme_production_section_serves_a_styled_admin_docs_and_streams_that_o
     reader.start()
 
     answered_during_silence = 0
-    chat_text = ""
+    chat_text = None
     while reader.is_alive() and record.first_data_at() is None:
         for path in ("v1/agents", "v1/runs?limit=5"):
             assert deployment.get(path).status_code == 200, path
-        if not chat_text:
-            client = openai.OpenAI(base_url=deployment.url("v1"), api_key=deployment.api_key, max_retries=0)
-            chunks = client.chat.completions.create(
-                model="readme-echo", messages=[{"role": "user", "content": "hello from the openai client"}], stream=True
-            )
-            chat_text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
         if record.first_data_at() is None:
             answered_during_silence += 1
+        if answered_during_silence >= 3 and chat_text is None:
+            # The chat run needs a second Celery process; with one CPU it waits for the slow run, which is fine.
+            chat_text = _chat_completion_stream(deployment, agent_name="readme-echo")
         time.sleep(1)
+    if chat_text is None:
+        chat_text = _chat_completion_stream(deployment, agent_name="readme-echo")
     reader.join(timeout=SILENCE_SECONDS + 60)
 
     assert record.error is None, repr(record.error)
