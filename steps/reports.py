@@ -142,6 +142,12 @@ _LATENCY_KEYS = tuple(f"latency_ms_{label}" for label, _ in PERCENTILES)
 _TTFT_KEYS = tuple(f"ttft_ms_{label}" for label, _ in PERCENTILES)
 
 
+# What each report counts, said in its answer: both count an error as a failed step, so the usage report's
+# error_count and the errors report's total_errors agree; cancelled steps are steps, never errors.
+USAGE_COUNTS = "steps: ended steps (success, failed, cancelled); error_count: failed steps (cancelled are not errors)"
+ERRORS_COUNT = "count and total_errors: failed steps; cancelled: cancelled steps, which are not errors"
+
+
 def _measures(
     *,
     steps: int,
@@ -210,6 +216,7 @@ def usage_report(
     report.rows.sort(key=lambda row: _sort_key(row, keys))
     if "agent" in group_by:
         _with_agent_names(report.rows, organization)
+    report.extra["counts"] = USAGE_COUNTS
     return report
 
 
@@ -321,7 +328,8 @@ def errors_report(
     filters: Mapping[str, Any] | QueryDict | None = None,
     group_by: Sequence[str] = (),
 ) -> Report:
-    """Failed (and cancelled) steps grouped by error_type (and provider, model, agent, day).
+    """Errors, i.e. failed steps (the usage report's error_count), grouped by error_type (and provider, model, agent,
+    day). A cancelled step is not an error: it is counted apart, in `cancelled`.
 
     Per group: count, share of the ended steps in the same provider/model/agent/day matching the same
     filters (error_type, status and stop_reason aside), first and last seen, and an example step id.
@@ -358,7 +366,10 @@ def errors_report(
         _with_agent_names(rows, organization)
     return Report(
         group_by=["error_type", *group_by], rows=rows, source=source, exact_percentiles=True, truncated=truncated,
-        extra={"total_steps": overall, "total_errors": sum(r["count"] for r in results)},
+        extra={
+            "total_steps": overall, "total_errors": sum(r["count"] for r in results),
+            "cancelled": filterset.qs.filter(status=StepStatus.CANCELLED).count(), "counts": ERRORS_COUNT,
+        },
     )  # fmt: skip
 
 
@@ -371,7 +382,7 @@ def _error_groups(
     From the errors rollups when the filters allow (whole hours; ragged minutes at the ends from the
     steps), else from a scan of the steps. Both are exact.
     """
-    errored = filterset.qs.filter(error_type__isnull=False).exclude(status=StepStatus.PENDING)
+    errored = filterset.qs.filter(status=StepStatus.FAILED, error_type__isnull=False)
     keys = ["error_type", *columns]
     rollup_filters = _rollup_filters(filterset, allowed=ERROR_ROLLUP_FILTERS)
     cleaned = filterset.form.cleaned_data

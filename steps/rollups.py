@@ -133,12 +133,13 @@ def error_upsert_sql(model: type[ErrorRollupHour | ErrorRollupDay]) -> tuple[str
 
 
 def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
-    """The errors rollup rows of `steps` (those with an error_type), merged per key and in key order.
+    """The errors rollup rows of `steps` (the failed ones: an error is a failed step; a cancelled step is not),
+    merged per key and in key order.
 
     The fixed order keeps concurrent writers from deadlocking on the same rows."""
     rows: dict[tuple, dict[str, Any]] = {}
     for step in steps:
-        if not step.error_type or step.status == StepStatus.PENDING:
+        if step.status != StepStatus.FAILED or not step.error_type:
             continue
         dims = _dimensions(step)
         bucket = bucket_of_step(step.created_at)
@@ -170,7 +171,8 @@ def step_rollup_add(*, step: Step) -> None:
         sql, columns = _upsert_sql(model)
         row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
         statements.append((sql, [row[c] for c in columns]))
-    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)) if step.error_type else ():
+    failed = step.status == StepStatus.FAILED and step.error_type
+    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)) if failed else ():
         sql, columns = error_upsert_sql(model)
         for row in error_rows([step], bucket_of_step):
             adapted = {k: ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for k, v in row.items()}
@@ -240,8 +242,12 @@ def _rebuild_errors(*, organization: Organization, start: datetime | None, end: 
     """The errors rollups of [start, end) from the steps: hours by one grouped query, days from the hours."""
     dims = {d: Coalesce(d, Value("")) for d in ROLLUP_DIMENSIONS}
     hours = (
-        Step.objects.filter(_range_q(start, end, "created_at"), organization=organization, error_type__isnull=False)
-        .exclude(status=StepStatus.PENDING)
+        Step.objects.filter(
+            _range_q(start, end, "created_at"),
+            organization=organization,
+            status=StepStatus.FAILED,
+            error_type__isnull=False,
+        )
         .annotate(hour=TruncHour("created_at", tzinfo=UTC), **{f"dim_{d}": expr for d, expr in dims.items()})
         .values("hour", "error_type", *(f"dim_{d}" for d in ROLLUP_DIMENSIONS))
         .annotate(n=Count("pk"), first=Min("created_at"), last=Max("created_at"), example=greatest_id("id"))

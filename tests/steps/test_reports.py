@@ -329,6 +329,32 @@ def test_errors_report_counts_shares_and_examples(api_client, organization, data
     assert counts == sorted(counts, reverse=True)
 
 
+@pytest.mark.parametrize("exact", [False, True])
+def test_usage_and_errors_agree_that_an_error_is_a_failed_step_and_count_cancelled_apart(
+    api_client, organization, dataset, exact
+):
+    for i in range(3):  # runs cancelled mid-step: ended steps, not errors
+        step = services.step_start(
+            organization=organization, agent=dataset[0], provider_name="openai", model="gpt-4o-mini",
+            created_at=DAY0 + timedelta(hours=2 * i, minutes=11),
+        )  # fmt: skip
+        services.step_cancel(step=step)
+    failed = Step.objects.filter(organization=organization, status=StepStatus.FAILED).count()
+    assert failed > 0
+
+    usage = api_client.get("/v1/usage", {"exact": str(exact).lower()}).json()
+    errors = api_client.get("/v1/errors", {"start": "2026-01-31T23:59:30Z"} if exact else {}).json()
+    assert usage["source"] == ("steps" if exact else "rollup")
+    assert usage["data"][0]["error_count"] == errors["total_errors"] == failed
+    assert usage["data"][0]["steps"] == errors["total_steps"] == 40 + 3
+    assert errors["cancelled"] == 3
+    assert "cancelled" not in {row["error_type"] for row in errors["data"]}
+    assert "failed steps" in usage["counts"] and "failed steps" in errors["counts"]
+    # A rebuild of the rollups from the steps gives the same answer.
+    step_rollups_rebuild(organization=organization)
+    assert api_client.get("/v1/errors").json()["total_errors"] == failed
+
+
 def test_errors_report_by_day_and_agent_with_an_error_type_filter(api_client, organization, dataset):
     body = api_client.get("/v1/errors", {"group_by": "agent,day", "error_type": "api_timeout"}).json()
     steps = _ended(organization)
