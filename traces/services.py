@@ -302,8 +302,9 @@ def _enqueue(batch_ids: Sequence[int]) -> None:
 # A claimed batch is `processing`, and the transaction mapping it holds a lock on its row. A claim whose
 # transaction is gone (the database restarted, the connection dropped, the worker was killed) has no lock: the
 # next task or sweep releases it at once instead of waiting for the lease. Claims younger than this are left
-# alone: their worker may be between committing the claim and taking the lock.
-_CLAIM_GRACE_SECONDS = 5
+# alone: their worker may be between committing the claim and taking the lock (if it was slower than that, the
+# batch is merely claimed again by someone: the first worker finds its claim gone and skips it).
+_CLAIM_GRACE_SECONDS = 1
 
 
 def _claim(batch_id: int | None, limit: int) -> tuple[datetime, list[int]]:

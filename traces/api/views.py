@@ -2,15 +2,18 @@
 
 import json
 import threading
+from typing import Any
 
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse
+from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
 from config.errors import ApplicationError
+from traces.api.openapi import OTLP_TRACES_SCHEMA
 from traces.ingest.decode import JSON, PROTOBUF, encode_response
 from traces.services import IngestOverloaded, trace_batch_accept
 
@@ -30,6 +33,10 @@ def _ingest_slots() -> threading.BoundedSemaphore:
 
 
 _READ_CHUNK = 64 * 1024
+# A body over the limit is read and thrown away up to this size before the 413 goes out: a client still sending
+# would see its connection reset instead of the answer, and an OTLP exporter retries a reset (forever, with the
+# same batch) but drops a batch answered 413. Beyond it the connection is cut.
+_DISCARD_BYTES = 64 * 1024 * 1024
 
 
 class BodyError(ApplicationError):
@@ -53,6 +60,8 @@ def read_body(request: HttpRequest, *, limit: int) -> bytes:
             raise BodyError("Content-Length is not a number.", status_code=400)
         expected = int(declared)
         if expected > limit:
+            if expected <= _DISCARD_BYTES:
+                _discard(request)
             raise too_large
         body = request.read(expected)
         if len(body) < expected:
@@ -63,6 +72,7 @@ def read_body(request: HttpRequest, *, limit: int) -> bytes:
             pieces.append(piece)
             size += len(piece)
             if size > limit:
+                _discard(stream)
                 raise too_large
         body = b"".join(pieces)
     elif "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
@@ -72,6 +82,13 @@ def read_body(request: HttpRequest, *, limit: int) -> bytes:
     if not body:
         raise BodyError("Body is empty: there is nothing to ingest.", status_code=400)
     return body
+
+
+def _discard(stream: Any) -> None:
+    """Read and drop what is left of a body, up to _DISCARD_BYTES."""
+    left = _DISCARD_BYTES
+    while left > 0 and (piece := stream.read(min(_READ_CHUNK, left))):
+        left -= len(piece)
 
 
 def _status(status: int, message: str, *, content_type: str = JSON, retry_after: int | None = None) -> HttpResponse:
@@ -100,6 +117,7 @@ class OtlpTracesApi(APIView):
     is unavailable. Nothing of a rejected request is written.
     """
 
+    @extend_schema(**OTLP_TRACES_SCHEMA)
     def post(self, request: Request) -> HttpResponse:
         content_type = (request.content_type or "").split(";")[0].strip().lower()
         if content_type not in {PROTOBUF, JSON}:
