@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+from django.db import InterfaceError, OperationalError
 from django.test import RequestFactory
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -218,3 +219,20 @@ def test_json_truncate_keeps_small_values_and_always_gives_valid_json_within_the
         result = json_truncate(value, max_bytes=4096)
         assert result.cut
         assert len(json.dumps(result.value, ensure_ascii=False).encode()) <= 4096
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("where", ["authentication", "accept"])
+@pytest.mark.parametrize("error", [OperationalError("the database system is shutting down"), InterfaceError("closed")])
+def test_a_database_failure_anywhere_in_ingest_is_a_503_with_retry_after(api_client, monkeypatch, where, error):
+    def fail(**kwargs):
+        raise error
+
+    if where == "authentication":
+        monkeypatch.setattr("accounts.authentication.api_key_authenticate", fail)
+    else:
+        monkeypatch.setattr("traces.api.views.trace_batch_accept", fail)
+    response = _post(api_client, encode_spans(_spans(_agent_trace)).SerializeToString())
+    assert response.status_code == 503
+    assert int(response["Retry-After"]) > 0
+    assert IngestBatch.objects.count() == 0

@@ -5,7 +5,7 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
 from config.errors import ApplicationError
+from config.exceptions import database_unavailable
 from traces.api.openapi import OTLP_TRACES_SCHEMA
 from traces.ingest.decode import JSON, PROTOBUF, encode_response
 from traces.services import IngestOverloaded, trace_batch_accept
@@ -148,9 +149,17 @@ class OtlpTracesApi(APIView):
             return _status(503, exc.message, content_type=content_type, retry_after=exc.retry_after)
         except ApplicationError as exc:
             return _status(exc.status_code, exc.message, content_type=content_type)
-        except (OperationalError, InterfaceError):
+        except DatabaseError as exc:
+            if not database_unavailable(exc):
+                raise
             # The database is down, out of connections or dropped ours: the client keeps the batch and retries.
-            return _status(503, "Storage unavailable; retry later.", content_type=content_type, retry_after=5)
+            # (Failures before this view, in authentication, get the same 503 from the API's exception handler.)
+            return _status(
+                503,
+                "Storage unavailable; retry later.",
+                content_type=content_type,
+                retry_after=settings.STEPLENS_DB_RETRY_AFTER_SECONDS,
+            )
         finally:
             slots.release()
         # Mapped already (embedded mode): report what mapping found; else what the accept-time checks found.
