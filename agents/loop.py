@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Max
 
 from agents.models import Agent, Run, RunStatus, StopReason
 from agents.providers import (
@@ -28,7 +29,16 @@ from agents.providers import (
     get_adapter,
 )
 from agents.providers.redaction import redact_text
-from agents.services import run_finish, run_mark_running
+from agents.services import (
+    RunLeased,
+    new_lease,
+    run_claim,
+    run_fail_lost,
+    run_finish,
+    run_heartbeat,
+    run_holds_lease,
+    run_lease_retry_in,
+)
 from agents.streams import DONE, get_run_stream
 from agents.tools import Tool, execute_tool, get_tool
 from steps.content import MessageIn
@@ -77,12 +87,18 @@ def signal_cancel(run_id: str) -> None:
 
 
 class _CancelWatcher:
-    """Polls the run's cancel flag so a run executing in another process stops within a second."""
+    """Polls the run's cancel flag so a run executing in another process stops within a second, and keeps the
+    run's lease alive (a heartbeat every STEPLENS_RUN_HEARTBEAT_SECONDS).
 
-    def __init__(self, run_id: str, event: threading.Event, interval: float) -> None:
-        self._run_id, self._event, self._interval = run_id, event, interval
+    A heartbeat that finds the lease gone (the run was taken over after this worker stalled past the bound)
+    stops the run here as if cancelled; the new holder finishes it.
+    """
+
+    def __init__(self, run_id: str, event: threading.Event, interval: float, *, lease: str | None = None) -> None:
+        self._run_id, self._event, self._interval, self._lease = run_id, event, interval, lease
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"cancel-watch-{run_id}", daemon=True)
+        self.lost = False
 
     def __enter__(self) -> "_CancelWatcher":
         self._thread.start()
@@ -93,14 +109,30 @@ class _CancelWatcher:
         self._thread.join(timeout=2)
 
     def _watch(self) -> None:
+        beat_every = settings.STEPLENS_RUN_HEARTBEAT_SECONDS
+        last_beat = time.monotonic()
         try:
             while not self._stopped.wait(self._interval) and not self._event.is_set():
+                if self._lease is not None and time.monotonic() - last_beat >= beat_every:
+                    if not self._beat():
+                        self.lost = True
+                        self._event.set()
+                        break
+                    last_beat = time.monotonic()
                 if Run.objects.filter(pk=self._run_id, cancel_requested_at__isnull=False).exists():
                     self._event.set()
         except Exception:  # the database going away must not kill the run; the main loop sees it too
             logger.warning("cancel watcher for %s stopped", self._run_id, exc_info=True)
         finally:
             connection.close()
+
+    def _beat(self) -> bool:
+        try:
+            return run_heartbeat(run_id=self._run_id, lease=self._lease)
+        except Exception:  # a database blip: the next beat tries again (the bound allows many missed beats)
+            logger.warning("heartbeat of %s failed", self._run_id, exc_info=True)
+            _reconnect_if_broken()
+            return True
 
 
 # --- history ----------------------------------------------------------------------------------
@@ -202,7 +234,10 @@ class _Publisher:
             )
 
     def done(self) -> None:
-        self.stream.publish(self.run_id, {"type": DONE, "run_id": self.run_id})
+        try:
+            self.stream.publish(self.run_id, {"type": DONE, "run_id": self.run_id})
+        except Exception:  # readers also end a stream from the run's final row (agents.api.sse.relay)
+            logger.warning("could not close the stream of %s", self.run_id, exc_info=True)
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -359,16 +394,27 @@ class _RunState:
         self.run = run
         self.started_ns = time.time_ns()
         self.first_chunk_ns: int | None = None
+        self.lease: str | None = None
 
 
 def run_execute(*, run_id: str) -> Run:
-    """Execute (or resume) a run until it stops; every step ends in a final state."""
+    """Execute (or resume) a run until it stops; every step ends in a final state.
+
+    Raises RunLeased when a live worker executes the run already (its heartbeat is fresh).
+    """
     run = Run.objects.select_related("agent", "organization").get(pk=run_id)
     if run.is_finished:
         return run
-    if run.cancel_requested_at is not None:
+    if run.cancel_requested_at is not None and run.lease is None:
         return _finish(run, RunStatus.CANCELLED, StopReason.CANCELLED, _Publisher(run), None)
-    run = run_mark_running(run=run)
+    lease = new_lease()
+    claimed = run_claim(run=run, lease=lease)
+    if claimed is None:
+        if run.is_finished:
+            return run
+        if run.attempt >= settings.STEPLENS_RUN_MAX_ATTEMPTS and run_lease_retry_in(run=run) <= 1:
+            return run_fail_lost(run=run)  # its last worker died too: nothing may resume it
+        raise RunLeased(run.pk, retry_in=run_lease_retry_in(run=run))
     # A re-delivered run: the step in flight when the worker died will never finish; close it truthfully.
     steps_fail_pending(
         steps=Step.objects.filter(run=run),
@@ -378,19 +424,21 @@ def run_execute(*, run_id: str) -> Run:
     cancel = cancel_event_for(run.pk)
     publish = _Publisher(run)
     state = _RunState(run)
+    state.lease = lease
     try:
         with (
-            _CancelWatcher(run.pk, cancel, settings.STEPLENS_CANCEL_POLL_SECONDS),
+            _CancelWatcher(run.pk, cancel, settings.STEPLENS_CANCEL_POLL_SECONDS, lease=lease),
             telemetry.run_span(run=run, agent=run.agent),
         ):
             status, stop_reason, error = _loop(run, cancel, publish, state)
     except Exception as exc:  # an unexpected bug still ends the run truthfully
         logger.exception("run %s failed", run.pk)
         _reconnect_if_broken()
-        steps_fail_pending(
-            steps=Step.objects.filter(run=run), error_type="internal_error", message=str(exc), exc=exc,
-            stop_reason=StopReason.ERROR,
-        )  # fmt: skip
+        if run_holds_lease(run_id=run.pk, lease=lease):  # else the pending steps belong to the run's new worker
+            steps_fail_pending(
+                steps=Step.objects.filter(run=run), error_type="internal_error", message=str(exc), exc=exc,
+                stop_reason=StopReason.ERROR,
+            )  # fmt: skip
         status, stop_reason, error = (
             RunStatus.FAILED,
             StopReason.ERROR,
@@ -418,16 +466,34 @@ def _finish(
 ) -> Run:
     ttft = state.first_chunk_ns - state.started_ns if state and state.first_chunk_ns else None
     duration = time.time_ns() - state.started_ns if state else None
+    lease = state.lease if state else None
     run = run_finish(
-        run=run, status=status, stop_reason=stop_reason, ttft_ns=ttft, total_duration_ns=duration, error_data=error
-    )
-    if run.error is not None:
-        publish("error_message", error_type=run.error["type"], message=run.error["message"], error=run.error,
-                detail=error)  # fmt: skip
-    publish("stop_reason", stop_reason=stop_reason)
-    publish("usage_statistics", **run_usage(run=run))
+        run=run, status=status, stop_reason=stop_reason, ttft_ns=ttft, total_duration_ns=duration, error_data=error,
+        lease=lease,
+    )  # fmt: skip
+    if lease is not None and run.lease is not None:
+        return run  # another worker took the run over (this one stalled past the lease): it ends the run
+    for message_type, payload in run_end_events(run=run):
+        publish(message_type, **payload)
     publish.done()
     return run
+
+
+def run_end_events(*, run: Run) -> list[tuple[str, dict[str, Any]]]:
+    """The events that close a run's stream, from its row: its error (if any), stop reason and usage.
+
+    The loop publishes them when a run stops; the SSE relay sends them itself for a run that became final
+    without them (its worker died, or the stream was lost).
+    """
+    events: list[tuple[str, dict[str, Any]]] = []
+    if run.error is not None:
+        events.append(
+            ("error_message", {"error_type": run.error["type"], "message": run.error["message"], "error": run.error,
+                               "detail": run.error_data})
+        )  # fmt: skip
+    events.append(("stop_reason", {"stop_reason": run.stop_reason}))
+    events.append(("usage_statistics", run_usage(run=run)))
+    return events
 
 
 def _loop(run: Run, cancel: threading.Event, publish: _Publisher, state: _RunState):
@@ -477,7 +543,9 @@ def _loop(run: Run, cancel: threading.Event, publish: _Publisher, state: _RunSta
 def _step(run, agent, adapter, request, step_number, cancel, publish, state):
     """One step with its retries. Returns (status, stop_reason, error) when the run ends, else None."""
     max_attempts = settings.STEPLENS_LLM_MAX_ATTEMPTS
-    for attempt in range(1, max_attempts + 1):
+    # A resumed step continues the numbering of the attempts a lost worker left (they stay recorded).
+    first = (Step.objects.filter(run=run, step_number=step_number).aggregate(last=Max("attempt"))["last"] or 0) + 1
+    for attempt in range(first, first + max_attempts):
         step_start_ns = time.time_ns()
         with telemetry.chat_span(run=run, agent=agent, provider=adapter.provider_name,
                                  request_model=request.model, messages=request.messages) as chat:  # fmt: skip
@@ -533,7 +601,7 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
             if call.error is not None:
                 error = call.error
                 chat.fail(error_type=error.error_type, exc=error)
-                last = not error.retryable or attempt == max_attempts
+                last = not error.retryable or attempt == first + max_attempts - 1
                 metrics.step_ns = time.time_ns() - step_start_ns
                 step_fail(
                     step=step,
@@ -550,7 +618,7 @@ def _step(run, agent, adapter, request, step_number, cancel, publish, state):
                     return RunStatus.FAILED, StopReason.LLM_API_ERROR, error.as_dict()
                 publish("retry_message", step_id=step.pk, attempt=attempt, error_type=error.error_type,
                         message=error.message)  # fmt: skip
-                if cancel.wait(_backoff(attempt, error)):  # True when cancelled during the backoff
+                if cancel.wait(_backoff(attempt - first + 1, error)):  # True when cancelled during the backoff
                     return RunStatus.CANCELLED, StopReason.CANCELLED, None
                 continue
 

@@ -95,6 +95,12 @@ class Run(models.Model):
     metadata = models.JSONField(default=dict, blank=True)
     error_data = models.JSONField(null=True, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # The lease of the worker executing the run: it claims the row with a conditional UPDATE and touches
+    # heartbeat_at every STEPLENS_RUN_HEARTBEAT_SECONDS; a heartbeat older than STEPLENS_STALE_RUN_SECONDS means
+    # that worker is gone and the run may be taken over (at most STEPLENS_RUN_MAX_ATTEMPTS executions).
+    lease = models.CharField(max_length=64, null=True, blank=True, help_text="Who executes the run now.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1, help_text="Execution attempt: +1 per lost worker.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

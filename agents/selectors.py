@@ -3,7 +3,7 @@
 from django.db.models import Q, QuerySet
 
 from accounts.models import Organization
-from agents.models import Agent, Run
+from agents.models import Agent, Run, RunStatus
 from config.errors import NotFound
 
 
@@ -40,3 +40,9 @@ def run_get(*, organization: Organization, run_id: str) -> Run:
     if run is None:
         raise NotFound("Run not found.")
     return run
+
+
+def run_stream_ended(*, run_id: str) -> bool:
+    """Has the run stopped for now (finished, or paused for an approval)? Its stream has nothing more to wait for."""
+    ended = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED)
+    return Run.objects.filter(pk=run_id, status__in=ended).exists()

@@ -1,14 +1,19 @@
 """Writes for agents and runs."""
 
+import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Case, F, PositiveSmallIntegerField, Q, When
 from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
@@ -17,6 +22,7 @@ from agents.models import Agent, Run, RunStatus
 from config.errors import ApplicationError
 
 _FINISHED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
+logger = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -52,13 +58,69 @@ def run_create(
     )
 
 
-def run_mark_running(*, run: Run) -> Run:
-    """Move a created, paused or re-delivered run to running; a finished run is left alone."""
-    Run.objects.filter(pk=run.pk).exclude(status__in=_FINISHED).update(
-        status=RunStatus.RUNNING, started_at=Coalesce("started_at", Now())
+class RunLeased(Exception):
+    """Another worker holds the run's lease and its heartbeat is fresh; try again after `retry_in` seconds."""
+
+    def __init__(self, run_id: str, *, retry_in: float) -> None:
+        super().__init__(f"run {run_id} is executing elsewhere; retry in {retry_in:.0f} s")
+        self.retry_in = retry_in
+
+
+def new_lease() -> str:
+    """A lease token naming this process (host and pid, for people reading the row) and this execution."""
+    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _stale_before() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS)
+
+
+def run_claim(*, run: Run, lease: str) -> Run | None:
+    """Take the run for this execution, or None when a live worker holds it (see `RunLeased`).
+
+    One conditional UPDATE decides, so two workers handed the same run (a re-delivered task, a sweep's
+    re-dispatch) never both execute it: a run is free when nobody holds it (created, paused, released by the
+    sweep), or taken over when its holder's heartbeat is stale and it has attempts left (attempt + 1).
+    A finished run is never claimed.
+    """
+    free = Q(lease__isnull=True)
+    stale = Q(lease__isnull=False, attempt__lt=settings.STEPLENS_RUN_MAX_ATTEMPTS) & (
+        Q(heartbeat_at__lt=_stale_before()) | Q(heartbeat_at__isnull=True)
+    )
+    claimed = (
+        Run.objects.filter(free | stale, pk=run.pk)
+        .exclude(status__in=_FINISHED)
+        .update(
+            status=RunStatus.RUNNING,
+            lease=lease,
+            heartbeat_at=timezone.now(),
+            started_at=Coalesce("started_at", Now()),
+            attempt=Case(
+                When(lease__isnull=False, then=F("attempt") + 1),
+                default=F("attempt"),
+                output_field=PositiveSmallIntegerField(),
+            ),
+        )
     )
     run.refresh_from_db()
-    return run
+    return run if claimed else None
+
+
+def run_heartbeat(*, run_id: str, lease: str) -> bool:
+    """Touch the run's lease; False when this execution no longer holds it (taken over or ended): stop."""
+    return bool(Run.objects.filter(pk=run_id, lease=lease).update(heartbeat_at=timezone.now()))
+
+
+def run_holds_lease(*, run_id: str, lease: str) -> bool:
+    return Run.objects.filter(pk=run_id, lease=lease).exists()
+
+
+def run_lease_retry_in(*, run: Run) -> float:
+    """Seconds until the holder of `run`'s lease counts as lost, if it stops heartbeating now."""
+    if run.heartbeat_at is None:
+        return 1.0
+    expires = run.heartbeat_at + timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS)
+    return max(1.0, (expires - timezone.now()).total_seconds() + 1)
 
 
 @transaction.atomic
@@ -70,11 +132,17 @@ def run_finish(
     ttft_ns: int | None = None,
     total_duration_ns: int | None = None,
     error_data: dict[str, Any] | None = None,
+    lease: str | None = None,
 ) -> Run:
-    """End a run (completed, failed, cancelled or paused). A run that already finished is returned unchanged."""
+    """End a run (completed, failed, cancelled or paused) and release its lease.
+
+    A run that already finished is returned unchanged, and so is one whose lease `lease` no longer holds
+    (another worker took it over; that worker ends it).
+    """
     run = Run.objects.select_for_update().get(pk=run.pk)
-    if run.status in _FINISHED:
+    if run.status in _FINISHED or (lease is not None and run.lease != lease):
         return run
+    run.lease = None
     run.status = status
     run.stop_reason = stop_reason
     # A run paused for an approval runs in segments (one run_execute each). `total_duration_ns` is the time of
@@ -276,11 +344,91 @@ def run_wait(*, run: Run, timeout: float) -> Run:
 
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         deadline = time.monotonic() + timeout
-        for event in follow(run.pk, idle_ms=1000):
+        from agents.selectors import run_stream_ended
+
+        # The run's row ends the wait too: a worker that died before publishing `done` leaves the run to the sweep.
+        for event in follow(run.pk, idle_ms=1000, run_ended=lambda: run_stream_ended(run_id=run.pk)):
             if (event is not None and event.get("type") == DONE) or time.monotonic() > deadline:
                 break
     run.refresh_from_db()
     return run
+
+
+@dataclass(slots=True)
+class StaleRuns:
+    """What one sweep did: runs handed to a worker again, runs failed (out of attempts), queued runs re-sent."""
+
+    resumed: int = 0
+    failed: int = 0
+    requeued: int = 0
+
+
+_WORKER_LOST = "worker_lost"
+
+
+def _fail_lost_steps(run: Run, *, stop_reason: str | None = None) -> None:
+    from steps.models import Step
+    from steps.services import steps_fail_pending
+
+    steps_fail_pending(
+        steps=Step.objects.filter(run=run),
+        error_type=_WORKER_LOST,
+        message="The worker running this step stopped before finishing it (no heartbeat).",
+        stop_reason=stop_reason,
+    )
+
+
+def run_fail_lost(*, run: Run) -> Run:
+    """End a run whose workers were lost STEPLENS_RUN_MAX_ATTEMPTS times: failed, stop reason `error`."""
+    from agents.models import StopReason
+
+    _fail_lost_steps(run, stop_reason=StopReason.ERROR)
+    error = {
+        "error_type": _WORKER_LOST,
+        "message": f"The worker executing this run stopped {run.attempt} time(s) without finishing it "
+        f"(no heartbeat for {settings.STEPLENS_STALE_RUN_SECONDS} s); no attempts left.",
+        "attempt": run.attempt,
+    }
+    return run_finish(run=run, status=RunStatus.FAILED, stop_reason=StopReason.ERROR, error_data=error)
+
+
+def runs_recover_stale() -> StaleRuns:
+    """Finish what dead workers and lost tasks left behind; safe to run any time, from any number of processes.
+
+    - A running run whose heartbeat is older than STEPLENS_STALE_RUN_SECONDS lost its worker: its pending steps
+      fail as `worker_lost` and, with attempts left, the run is released and sent to a worker again (which
+      resumes it after its last finished step); otherwise it fails with stop reason `error`.
+    - A created run older than that bound may have lost its task with the broker: it is sent again (a duplicate
+      task finds the run claimed or finished and does nothing), at most once per bound.
+    Each run is taken by one conditional UPDATE on the heartbeat it was read with, so concurrent sweeps act once.
+    """
+    cutoff = _stale_before()
+    outcome = StaleRuns()
+    stale = Run.objects.filter(status=RunStatus.RUNNING).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+    for run in stale.select_related("organization"):
+        taken = Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING, heartbeat_at=run.heartbeat_at)
+        if run.attempt >= settings.STEPLENS_RUN_MAX_ATTEMPTS:
+            if taken.update(heartbeat_at=timezone.now()):
+                run_fail_lost(run=run)
+                outcome.failed += 1
+            continue
+        if taken.update(lease=None, heartbeat_at=timezone.now(), attempt=F("attempt") + 1):
+            logger.warning("run %s lost its worker (attempt %s); sending it to a worker again", run.pk, run.attempt)
+            _fail_lost_steps(run)
+            run_enqueue(run=run)
+            outcome.resumed += 1
+    queued = Run.objects.filter(status=RunStatus.CREATED, created_at__lt=cutoff).filter(
+        Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff)
+    )
+    for run in queued:
+        if Run.objects.filter(pk=run.pk, status=RunStatus.CREATED, heartbeat_at=run.heartbeat_at).update(
+            heartbeat_at=timezone.now()
+        ):
+            run_enqueue(run=run)
+            outcome.requeued += 1
+    return outcome
 
 
 def agent_get_or_create(

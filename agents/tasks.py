@@ -4,10 +4,12 @@ from celery import shared_task
 from django.conf import settings
 
 from agents.loop import run_execute
+from agents.services import RunLeased, runs_recover_stale
 from config.celery import Queue
 
 
 @shared_task(
+    bind=True,
     name="agents.run_agent",
     queue=Queue.RUNS,
     acks_late=True,
@@ -15,7 +17,19 @@ from config.celery import Queue
     # The soft limit raises inside the loop, which ends the run as failed with its steps closed.
     soft_time_limit=settings.STEPLENS_RUN_SOFT_TIME_LIMIT,
     time_limit=settings.STEPLENS_RUN_SOFT_TIME_LIMIT + 60,
+    # A run held by a live worker is tried again when that worker's lease would expire; the sweep is the backstop.
+    max_retries=5,
 )
-def run_agent(run_id: str) -> str:
+def run_agent(self, run_id: str) -> str:
     """Execute or resume one run; a re-delivered run continues after its last finished step."""
-    return run_execute(run_id=run_id).status
+    try:
+        return run_execute(run_id=run_id).status
+    except RunLeased as exc:
+        raise self.retry(countdown=exc.retry_in, exc=exc) from exc
+
+
+@shared_task(name="agents.recover_stale_runs", queue=Queue.DEFAULT, acks_late=True)
+def recover_stale_runs() -> dict[str, int]:
+    """Resume or fail runs whose worker stopped heartbeating, re-send runs whose task was lost (Celery beat)."""
+    outcome = runs_recover_stale()
+    return {"resumed": outcome.resumed, "failed": outcome.failed, "requeued": outcome.requeued}

@@ -136,6 +136,12 @@ class Step(models.Model):
                 condition=Q(trace_id__isnull=False, span_id__isnull=False),
                 name="step_unique_span",
             ),
+            # A retried or resumed step gets the next attempt number; two workers can never record the same one.
+            models.UniqueConstraint(
+                fields=["run", "step_number", "attempt"],
+                condition=Q(run__isnull=False, step_number__isnull=False),
+                name="step_unique_run_attempt",
+            ),
         ]
 
     def __str__(self) -> str:

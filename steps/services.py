@@ -14,14 +14,14 @@ from enum import Enum
 from typing import Any
 
 from django.db import IntegrityError, connection, models, transaction
-from django.db.models import Case, F, Max, QuerySet, Value, When
+from django.db.models import Case, F, Max, Q, QuerySet, Value, When
 from django.db.models.base import ModelState
 from django.utils import timezone
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from accounts.models import Organization, Project
-from agents.models import Agent, Run, StopReason
+from agents.models import Agent, Run, RunStatus, StopReason
 from config.errors import ApplicationError, NotFound
 from steps.content import MessageIn, validate_message
 from steps.costs import step_cost
@@ -455,11 +455,13 @@ def steps_fail_pending(
 
 
 def steps_fail_stale(*, older_than: timedelta) -> int:
-    """Fail every step still pending after `older_than` (its worker died and nothing will finish it)."""
+    """Fail every step nothing will finish: pending after `older_than`, or pending in a run that already ended."""
+    ended = Q(run__status__in=[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED])
     return steps_fail_pending(
-        steps=Step.objects.filter(created_at__lt=timezone.now() - older_than),
+        steps=Step.objects.filter(Q(created_at__lt=timezone.now() - older_than) | ended),
         error_type="worker_lost",
-        message=f"Step was still pending after {older_than}; its worker stopped before finishing it.",
+        message=f"Step was still pending after {older_than} or after its run ended; its worker stopped before "
+        "finishing it.",
         stop_reason=StopReason.ERROR,
     )
 

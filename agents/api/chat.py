@@ -132,7 +132,8 @@ def _stream(run: Run, model: str, include_usage: bool) -> Iterator[str]:
     created = int(time.time())
     yield _chunk(run, model, created, {"role": "assistant", "content": ""})
     streamed_text = False
-    for event in follow(run.pk, idle_ms=int(settings.STEPLENS_SSE_PING_SECONDS * 1000)):
+    idle_ms = int(settings.STEPLENS_SSE_PING_SECONDS * 1000)
+    for event in follow(run.pk, idle_ms=idle_ms, run_ended=lambda: selectors.run_stream_ended(run_id=run.pk)):
         if event is None:
             yield ": ping\n\n"
             continue

@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 from accounts.authentication import request_organization
 from agents import selectors, services
 from agents.api.serializers import AgentSerializer, ApprovalSerializer, RunSerializer, SendMessagesSerializer
-from agents.api.sse import relay, sse_response
+from agents.api.sse import EventStreamMixin, parse_starting_after, relay, sse_response
 from agents.loop import run_usage
 from agents.models import Run, RunStatus
 from config.errors import ApplicationError
@@ -99,7 +99,7 @@ class AgentMessagesApi(APIView):
         return Response(run_response(run))
 
 
-class AgentMessagesStreamApi(APIView):
+class AgentMessagesStreamApi(EventStreamMixin, APIView):
     """Send messages and receive the run's events as Server-Sent Events."""
 
     @extend_schema(request=SendMessagesSerializer, responses={(200, "text/event-stream"): str})
@@ -153,16 +153,14 @@ class RunDetailApi(APIView):
         return Response(RunSerializer(run).data)
 
 
-class RunStreamApi(APIView):
+class RunStreamApi(EventStreamMixin, APIView):
     """Resume a run's event stream after `starting_after` (a seq_id)."""
 
     @extend_schema(parameters=[OpenApiParameter("starting_after", int)], responses={(200, "text/event-stream"): str})
     def get(self, request: Request, run_id: str):
         run = selectors.run_get(organization=request_organization(request), run_id=run_id)
-        raw = request.query_params.get("starting_after", "0")
-        if not raw.isdigit():
-            raise ApplicationError("Invalid parameter.", extra={"starting_after": "must be a non-negative integer"})
-        return sse_response(relay(run.pk, after=int(raw)), request_id=run.request_id)
+        after = parse_starting_after(request.query_params.get("starting_after", "0"))
+        return sse_response(relay(run.pk, after=after), request_id=run.request_id)
 
 
 class RunCancelApi(APIView):

@@ -145,11 +145,6 @@ LOGGING = {
     "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
 }
 
-# A step still pending this long after it started has lost its worker; the sweep fails it.
-STEPLENS_STALE_STEP_SECONDS = env.int("STEPLENS_STALE_STEP_SECONDS", default=2 * 3600)
-CELERY_BEAT_SCHEDULE = {
-    "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": 300.0},
-}
 # Beat's record of when each periodic task last ran, kept out of the source tree's root (var/ is
 # git-ignored); losing it only makes each sweep run once at beat's next start.
 CELERY_BEAT_SCHEDULE_FILENAME = env(
@@ -168,6 +163,23 @@ STEPLENS_SSE_PING_SECONDS = env.float("STEPLENS_SSE_PING_SECONDS", default=15.0)
 # streams outlive gunicorn's timeout and idle proxies (tests shorten it).
 STEPLENS_SLOW_FIRST_TOKEN_SECONDS = env.float("STEPLENS_SLOW_FIRST_TOKEN_SECONDS", default=75.0)
 STEPLENS_SYNC_WAIT_SECONDS = env.float("STEPLENS_SYNC_WAIT_SECONDS", default=15 * 60)
+
+# Crash safety of runs (README "Crash safety"): the worker executing a run touches its heartbeat this often; a
+# heartbeat older than STALE_RUN means the worker is gone, and the sweep (every SWEEP seconds, Celery beat)
+# resumes the run on another worker, up to RUN_MAX_ATTEMPTS executions, then fails it (stop reason `error`).
+STEPLENS_RUN_HEARTBEAT_SECONDS = env.float("STEPLENS_RUN_HEARTBEAT_SECONDS", default=5.0)
+STEPLENS_STALE_RUN_SECONDS = env.int("STEPLENS_STALE_RUN_SECONDS", default=60)
+STEPLENS_RUN_MAX_ATTEMPTS = env.int("STEPLENS_RUN_MAX_ATTEMPTS", default=3)
+STEPLENS_SWEEP_SECONDS = env.float("STEPLENS_SWEEP_SECONDS", default=15.0)
+# A step still pending this long after it started cannot belong to a live run (a run's hard time limit is
+# RUN_SOFT_TIME_LIMIT + 60 s); the sweep fails it, and any pending step of a run that already ended.
+STEPLENS_STALE_STEP_SECONDS = env.int(
+    "STEPLENS_STALE_STEP_SECONDS", default=STEPLENS_RUN_SOFT_TIME_LIMIT + 60 + STEPLENS_STALE_RUN_SECONDS
+)
+CELERY_BEAT_SCHEDULE = {
+    "recover-stale-runs": {"task": "agents.recover_stale_runs", "schedule": STEPLENS_SWEEP_SECONDS},
+    "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": STEPLENS_SWEEP_SECONDS},
+}
 
 # The cache holds the rate-limit counters. CACHE_URL (e.g. redis://host:6379/1) shares them across
 # processes; the default is per process (production.py defaults to REDIS_URL).

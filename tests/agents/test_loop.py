@@ -2,11 +2,13 @@
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
 from agents.loop import run_execute
-from agents.models import RunStatus, StopReason
+from agents.models import Run, RunStatus, StopReason
 from agents.providers import ErrorSpec, ToolCallSpec, Turn, TurnUsage
 from agents.services import run_cancel, run_decide_approval, run_start
 from config.errors import ApplicationError
@@ -251,11 +253,12 @@ def test_a_redelivered_run_fails_the_interrupted_step_and_resumes(scenario, make
         organization=agent.organization, agent=agent, request_id="req-r",
         messages=[{"role": "user", "content": [{"type": "text", "text": "time?"}]}],
     )  # fmt: skip
-    # A worker died mid-step: the run is running and a step is pending at STREAM_RECEIVED.
-    from agents.services import run_mark_running
+    # A worker died mid-step: it holds the run's lease, its heartbeat went stale, a step is pending at STREAM_RECEIVED.
+    from agents.services import run_claim
     from steps.services import step_progress, step_start
 
-    run_mark_running(run=run)
+    run_claim(run=run, lease="dead-worker")
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=1))
     lost = step_start(organization=agent.organization, agent=agent, run=run, step_number=1)
     step_progress(step=lost, progression=StepProgression.STREAM_RECEIVED)
 
@@ -265,9 +268,32 @@ def test_a_redelivered_run_fails_the_interrupted_step_and_resumes(scenario, make
     assert (lost.status, lost.error_type, lost.progression) == (
         StepStatus.FAILED, "worker_lost", StepProgression.STREAM_RECEIVED,
     )  # fmt: skip
-    assert run.stop_reason == StopReason.END_TURN
+    assert (run.stop_reason, run.attempt, run.lease) == (StopReason.END_TURN, 2, None)
     assert not Step.objects.filter(run=run, status=StepStatus.PENDING).exists()
     assert Step.objects.filter(run=run, status=StepStatus.SUCCESS).count() == 2
+    # The resumed step is the next attempt of step 1, not a second (1, 1).
+    numbers = list(Step.objects.filter(run=run).order_by("created_at").values_list("step_number", "attempt", "status"))
+    assert numbers == [(1, 1, StepStatus.FAILED), (1, 2, StepStatus.SUCCESS), (2, 1, StepStatus.SUCCESS)]
+
+
+def test_a_run_held_by_a_live_worker_is_not_executed_twice(scenario, make_agent):
+    from agents.services import RunLeased, run_claim
+
+    agent = make_agent(scenario("openai_chat", [Turn(text="once")]))
+    run = run_start(
+        organization=agent.organization, agent=agent, request_id="req-l",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    )  # fmt: skip
+    assert run_claim(run=run, lease="live-worker") is not None
+    assert run_claim(run=run, lease="second-worker") is None  # the heartbeat is fresh
+
+    with pytest.raises(RunLeased) as raised:
+        run_execute(run_id=run.pk)
+
+    assert raised.value.retry_in > 1
+    assert not Step.objects.filter(run=run).exists()
+    run.refresh_from_db()
+    assert (run.status, run.lease, run.attempt) == (RunStatus.RUNNING, "live-worker", 1)
 
 
 def test_an_unexpected_error_ends_the_run_with_error_and_no_pending_step(scenario, make_agent, monkeypatch):
