@@ -347,20 +347,21 @@ def spans_from_request(request: ExportTraceServiceRequest, *, max_attribute_byte
     `max_attribute_bytes` are cut and named in the span's cut_attributes."""
     out: list[OtlpSpan] = []
     limit = max_attribute_bytes
+    small = request.ByteSize() <= limit  # then no value can be over the limit: nothing to measure
     for resource_spans in request.resource_spans:
-        resource = attributes_dict(resource_spans.resource.attributes, max_bytes=limit)
+        resource = attributes_dict(resource_spans.resource.attributes, max_bytes=None if small else limit)
         for scope_spans in resource_spans.scope_spans:
             scope = clean(scope_spans.scope.name)
             for span in scope_spans.spans:
                 cut: list[str] = []
                 # Only a span bigger than the limit can hold a value over it: the others skip the per-value sizes.
-                big = limit if span.ByteSize() > limit else None
+                big = limit if not small and span.ByteSize() > limit else None
                 out.append(
                     OtlpSpan(
                         trace_id=span.trace_id.hex(),
                         span_id=span.span_id.hex(),
                         parent_span_id=span.parent_span_id.hex(),
-                        name=text_truncate(clean(span.name), max_bytes=limit).value,
+                        name=clean(span.name) if small else text_truncate(clean(span.name), max_bytes=limit).value,
                         kind=span.kind,
                         start_ns=span.start_time_unix_nano,
                         end_ns=span.end_time_unix_nano,
@@ -374,7 +375,9 @@ def spans_from_request(request: ExportTraceServiceRequest, *, max_attribute_byte
                             for e in span.events
                         ],
                         status_code=span.status.code,
-                        status_message=text_truncate(clean(span.status.message), max_bytes=limit).value,
+                        status_message=clean(span.status.message)
+                        if small
+                        else text_truncate(clean(span.status.message), max_bytes=limit).value,
                         resource=resource,
                         scope=scope,
                         cut_attributes=cut,
@@ -394,11 +397,12 @@ def spans_for_precheck(
     """
     out: list[OtlpSpan] = []
     limit = max_attribute_bytes
+    small = request.ByteSize() <= limit
     for resource_spans in request.resource_spans:
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 cut: list[str] = []
-                if span.ByteSize() > limit:
+                if not small and span.ByteSize() > limit:
                     for kv in [*span.attributes, *(kv for event in span.events for kv in event.attributes)]:
                         if kv.value.ByteSize() > limit:
                             cut.append(clean(kv.key))
