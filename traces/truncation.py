@@ -67,6 +67,28 @@ def _cut_strings(value: Any, chars: int, depth: int = 0) -> Any:
     return value
 
 
+def _deeper_than(value: Any, depth: int) -> bool:
+    stack = [(value, 0)]
+    while stack:  # a loop, not recursion: the value may be nested past the interpreter's recursion limit
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, list | dict):
+                if level + 1 >= depth:
+                    return True
+                stack.append((child, level + 1))
+    return False
+
+
+def json_depth_capped(value: Any) -> Any:
+    """`value` itself when it nests less than _MAX_DEPTH lists and objects deep, else a copy whose deeper
+    subtrees are replaced by "…[truncated: nested too deeply]": what recursive code (redaction, validation,
+    serializers) can walk safely."""
+    if not isinstance(value, list | dict) or not _deeper_than(value, _MAX_DEPTH):
+        return value
+    return _cut_strings(value, chars=2**62)
+
+
 def json_truncate(value: Any, *, max_bytes: int) -> Truncated:
     """A JSON value whose serialization fits in `max_bytes` (UTF-8), cut visibly when the original does not.
 

@@ -22,7 +22,7 @@ from traces.api.views import BodyError, read_body
 from traces.ingest.decode import protobuf_span_count
 from traces.models import IngestBatch, ProviderTrace
 from traces.services import ProviderTraceIn, provider_trace_build, provider_trace_copy_rows, provider_trace_record
-from traces.truncation import TRUNCATED_KEY, json_truncate
+from traces.truncation import TRUNCATED_KEY, json_depth_capped, json_truncate
 
 PROTOBUF = "application/x-protobuf"
 
@@ -236,3 +236,35 @@ def test_a_database_failure_anywhere_in_ingest_is_a_503_with_retry_after(api_cli
     assert response.status_code == 503
     assert int(response["Retry-After"]) > 0
     assert IngestBatch.objects.count() == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("depth", [500, 5_000])
+def test_an_attribute_holding_deeply_nested_json_still_becomes_a_step(api_client, depth):
+    """Within the JSON parser's limit (500) the value is cut at a depth recursive code can walk; past it (5,000)
+    it is kept as text. Either way the batch is mapped instead of failing on a RecursionError."""
+    messages = '[{"role": "user", "parts": [{"type": "text", "content": ' + "[" * depth + "]" * depth + "}]}]"
+
+    def build(tracer) -> None:
+        with tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT) as chat:
+            chat.set_attributes(
+                {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": 1,
+                 "gen_ai.input.messages": messages}
+            )  # fmt: skip
+
+    assert _post(api_client, encode_spans(_spans(build)).SerializeToString()).status_code == 200
+    batch = IngestBatch.objects.get()
+    assert batch.status == "done", batch.error
+    assert Step.objects.count() == 1 and ProviderTrace.objects.count() == 1
+
+
+def test_json_depth_capped_returns_shallow_values_unchanged_and_cuts_deep_ones():
+    shallow = {"a": [[{"b": 1}]]}
+    assert json_depth_capped(shallow) is shallow
+    deep: list = []
+    cursor = deep
+    for _ in range(10_000):
+        cursor.append([])
+        cursor = cursor[0]
+    capped = json_depth_capped(deep)
+    assert json.dumps(capped).startswith("[" * 64 + '"') and "nested too deeply" in json.dumps(capped)

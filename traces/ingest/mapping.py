@@ -28,6 +28,7 @@ from pydantic import ValidationError as PydanticValidationError
 from steps.content import MessageIn, validate_message
 from steps.usage import Usage
 from traces.ingest.decode import OtlpSpan, clean_value
+from traces.truncation import json_depth_capped
 
 LLM_OPERATIONS = {"chat", "generate_content", "text_completion", "completion"}
 _ROLE_ALIASES = {"developer": "system", "model": "assistant", "human": "user", "ai": "assistant", "function": "tool"}
@@ -218,7 +219,7 @@ def _error(span: OtlpSpan) -> tuple[str | None, str | None, str | None]:
 def _loads(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            loaded = json.loads(value)
+            loaded = json_depth_capped(json.loads(value))
         except (RecursionError, ValueError):  # not JSON, or nested past the parser's limit: kept as text
             return value
         # JSON text may spell a NUL as \u0000, which PostgreSQL would refuse once decoded.
