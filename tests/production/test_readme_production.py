@@ -272,6 +272,7 @@ def test_readme_production_section_serves_a_styled_admin_docs_and_streams_that_o
     for url in [*stylesheets, "/static/admin/css/base.css"]:
         css = requests.get(deployment.url(url), timeout=30)
         assert (css.status_code, css.headers["Content-Type"].split(";")[0]) == (200, "text/css"), url
+        assert "body" in css.text, url  # the stylesheet itself, not an empty answer
     admin = _log_in(deployment).get(deployment.url("admin/"), timeout=30)
     assert admin.status_code == 200 and 'id="logout-form"' in admin.text  # signed in, not sent back to the login
 
