@@ -192,7 +192,9 @@ def _check_agent(organization: Organization, values: dict[str, Any], agent_id: s
     if "name" in values:
         clash = Agent.objects.filter(organization=organization, name=values["name"], deleted_at__isnull=True)
         if clash.exclude(pk=agent_id).exists():
-            raise ApplicationError("Agent name taken.", extra={"name": f"an agent named {values['name']!r} exists"})
+            raise ApplicationError(
+                "Agent name taken.", extra={"name": f"an agent named {values['name']!r} exists"}, status_code=409
+            )
 
 
 @transaction.atomic
@@ -285,7 +287,7 @@ def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: s
         raise ApplicationError(
             "No tool call awaiting approval with this id.",
             extra={"tool_call_id": f"awaiting approval: {sorted(awaiting)}"},
-            status_code=400,
+            status_code=409,
         )
     if tool_call_id in pending.decisions:
         raise ApplicationError(

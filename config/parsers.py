@@ -1,8 +1,8 @@
 """The JSON parser of every API endpoint: standard JSON, minus what PostgreSQL cannot store.
 
-PostgreSQL text and jsonb cannot hold the NUL character (U+0000). A body carrying one anywhere (a
-message's content, a tag, a key) is a 400 naming where, before anything is written, rather than a
-database error halfway through a request.
+PostgreSQL text and jsonb cannot hold the NUL character (U+0000), nor a lone surrogate (a JSON "\\udc00"
+escape that pairs with nothing). A body carrying one anywhere (a message's content, a tag, a key) is a 400
+naming where, before anything is written, rather than a database error halfway through a request.
 
 Nesting is limited too (MAX_DEPTH levels): no request of this API needs more, and Python's decoder and the
 checks that walk a body recurse, so a body of 100,000 nested arrays would otherwise end in a RecursionError (a
@@ -30,21 +30,33 @@ def depth_exceeds(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
-def nul_location(value: Any, path: str = "") -> str | None:
-    """The dotted path of the first string (or key) in `value` holding a NUL character, or None."""
+def unstorable(text: str) -> str | None:
+    """Why PostgreSQL could not store `text` (a NUL character, or a lone UTF-16 surrogate such as the JSON escape
+    "\\udc00", which has no UTF-8 form), or None."""
+    if "\x00" in text:
+        return "NUL characters (\\u0000) are not allowed."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "Lone surrogate characters (\\ud800-\\udfff) are not allowed."
+    return None
+
+
+def unstorable_location(value: Any, path: str = "") -> tuple[str, str] | None:
+    """(dotted path, reason) of the first string or key in `value` PostgreSQL could not store, or None."""
     if isinstance(value, str):
-        return (path or "body") if "\x00" in value else None
+        reason = unstorable(value)
+        return ((path or "body"), reason) if reason else None
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{path}.{key}" if path else str(key)
-            if isinstance(key, str) and "\x00" in key:
-                return here
-            found = nul_location(item, here)
+            reason = unstorable(key) if isinstance(key, str) else None
+            found = (here, reason) if reason else unstorable_location(item, here)
             if found:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = nul_location(item, f"{path}.{index}" if path else str(index))
+            found = unstorable_location(item, f"{path}.{index}" if path else str(index))
             if found:
                 return found
     return None
@@ -59,7 +71,10 @@ class JSONParser(parsers.JSONParser):
             raise too_deep from exc
         if depth_exceeds(data):
             raise too_deep
-        where = nul_location(data)
-        if where is not None:
-            raise ParseError({where.replace("\x00", "\\u0000"): ["NUL characters (\\u0000) are not allowed."]})
+        found = unstorable_location(data)
+        if found is not None:
+            where, reason = found
+            # The path is shown, so it must be printable itself.
+            where = where.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")
+            raise ParseError({where: [reason]})
         return data

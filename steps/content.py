@@ -168,6 +168,79 @@ class MessageIn(_Part):
 _content_adapter: TypeAdapter[list[ContentPart]] = TypeAdapter(list[ContentPart])
 
 
+# What a caller of the API may send as a message's content: text and image parts (the other kinds are written by
+# the agent loop and ingest). The OpenAPI schema of those parts, with the rules of their validators: URLs are
+# http(s) or data:, base64 is padded and uses the standard alphabet (what b64decode(validate=True) accepts).
+InputPart = Annotated[TextContent | ImageContent, Field(discriminator="type")]
+_input_adapter: TypeAdapter[list[InputPart]] = TypeAdapter(list[InputPart])
+_BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+_IMAGE_SOURCE = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["url"]},
+                "url": {"type": "string", "pattern": "^(?:https?://|data:)"},
+            },
+            "required": ["type", "url"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["base64"]},
+                "media_type": {"type": "string", "enum": ["image/png", "image/jpeg", "image/gif", "image/webp"]},
+                "data": {"type": "string", "pattern": _BASE64},
+            },
+            "required": ["type", "media_type", "data"],
+            "additionalProperties": False,
+        },
+    ]
+}
+INPUT_CONTENT_SCHEMA: dict[str, Any] = {
+    "oneOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+                        "required": ["type", "text"],
+                        "additionalProperties": False,
+                    },
+                    {
+                        "type": "object",
+                        "properties": {
+                            "type": {"type": "string", "enum": ["image"]},
+                            "source": _IMAGE_SOURCE,
+                            "detail": {"type": "string", "enum": ["auto", "low", "high", None], "nullable": True},
+                        },
+                        "required": ["type", "source"],
+                        "additionalProperties": False,
+                    },
+                ]
+            },
+        },
+    ],
+    "description": "A string, or a non-empty list of text and image parts.",
+}
+
+
+def input_content_errors(parts: list[Any]) -> dict[str, list[str]]:
+    """What is wrong with a list of input content parts, by path inside the list ({} when it is valid)."""
+    try:
+        _input_adapter.validate_python(parts)
+    except PydanticValidationError as exc:
+        errors: dict[str, list[str]] = {}
+        for error in exc.errors():
+            errors.setdefault(_field_path(error["loc"], parts), []).append(error["msg"])
+        return errors
+    return {}
+
+
 class ContentValidationError(ApplicationError):
     """A message or content part failed validation; `extra["errors"]` lists each field and reason (and
     `extra["message_index"]` which message, when several were given)."""

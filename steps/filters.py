@@ -28,6 +28,9 @@ from steps.models import Feedback, Step, StepStatus
 METADATA_PREFIX = "metadata."
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){0,4}$")
 _MAX_VALUES = 100
+MAX_FILTER_VALUES = _MAX_VALUES
+# Largest min_ttft_ms / min_latency_ms: about 31 years, so the nanoseconds compared stay inside a 64-bit integer.
+MAX_FILTER_NUMBER = 10**12
 
 
 class StrictBooleanField(forms.Field):
@@ -47,12 +50,20 @@ class StrictBooleanField(forms.Field):
 
 
 class MultiValueWidget(forms.TextInput):
-    """Reads `?x=a,b`, `?x=a&x=b` and `?x[]=a` alike into one list."""
+    """Reads `?x=a,b`, `?x=a&x=b` and `?x[]=a` alike into one list of the comma-separated parts, as sent (empty
+    parts included: they count towards the limit, and match nothing)."""
 
     def value_from_datadict(self, data: Any, files: Any, name: str) -> list[str] | None:
         raw = data.getlist(name) + data.getlist(f"{name}[]") if hasattr(data, "getlist") else [data.get(name)]
-        values = [part.strip() for item in raw if item for part in str(item).split(",") if part.strip()]
+        values = [part for item in raw if item for part in str(item).split(",")]
         return values or None
+
+
+def multi_value_pattern(*, choices: list[str] | None, max_length: int) -> str:
+    """The regular expression of what a MultiValueField accepts (for the OpenAPI schema): up to _MAX_VALUES
+    comma-separated parts, each empty or a choice (or any text without a comma, up to max_length characters)."""
+    part = "(?:" + "|".join(re.escape(c) for c in choices) + ")?" if choices is not None else f"[^,]{{0,{max_length}}}"
+    return f"^{part}(?:,{part}){{0,{_MAX_VALUES - 1}}}$"
 
 
 class MultiValueField(forms.Field):
@@ -72,9 +83,9 @@ class MultiValueField(forms.Field):
         for item in values:
             if len(item) > self.max_length:
                 raise forms.ValidationError(f"Values are at most {self.max_length} characters.")
-            if self.allowed is not None and item not in self.allowed:
+            if self.allowed is not None and item and item not in self.allowed:
                 raise forms.ValidationError(f"'{item}' is not one of {', '.join(self.allowed)}.")
-        return sorted(set(values))
+        return sorted({item for item in values if item}) or None
 
 
 class MultiValueFilter(django_filters.Filter):
@@ -143,7 +154,7 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
 class StepFilterSet(django_filters.FilterSet):
     """Every step filter of `GET /v1/steps`, the usage and errors reports, and the admin."""
 
-    agent_id = MultiValueFilter(field_name="agent_id", help_text="Agent id (comma-separated for any of several).")
+    agent_id = MultiValueFilter(field_name="agent_id", help_text="Agent id.")
     run_id = MultiValueFilter(field_name="run_id", help_text="Run id.")
     project_id = MultiValueFilter(field_name="project_id", help_text="Project id.")
     model = MultiValueFilter(field_name="model", help_text="Model name as reported, e.g. gpt-4o-mini.")
@@ -168,8 +179,12 @@ class StepFilterSet(django_filters.FilterSet):
     end = UtcDateTimeFilter(
         field_name="created_at", lookup_expr="lt", help_text="ISO 8601; steps created before (exclusive)."
     )
-    min_ttft_ms = django_filters.NumberFilter(method="filter_min_ns", help_text="Time to first token at least (ms).")
-    min_latency_ms = django_filters.NumberFilter(method="filter_min_ns", help_text="Latency at least (ms).")
+    min_ttft_ms = django_filters.NumberFilter(
+        method="filter_min_ns", min_value=0, max_value=MAX_FILTER_NUMBER, help_text="Time to first token at least (ms)."
+    )
+    min_latency_ms = django_filters.NumberFilter(
+        method="filter_min_ns", min_value=0, max_value=MAX_FILTER_NUMBER, help_text="Latency at least (ms)."
+    )
 
     class Meta:
         model = Step

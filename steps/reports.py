@@ -113,19 +113,29 @@ def _bad(field_name: str, message: str) -> ApplicationError:
 
 
 def parse_group_by(raw: Sequence[str] | str | None, *, allowed: Mapping[str, str]) -> list[str]:
-    """group_by from `a,b` or repeated parameters; unknown names, duplicates and two time units are a 400."""
+    """group_by from `a,b` (or repeated parameters, read as one comma-separated list): names from `allowed`, at
+    most one time unit; a dimension named twice counts once. Exactly what `group_by_pattern` describes."""
     if raw is None:
         return []
-    items = [raw] if isinstance(raw, str) else list(raw)
-    names = [part.strip() for item in items for part in item.split(",") if part.strip()]
-    unknown = [n for n in names if n not in allowed]
+    joined = raw if isinstance(raw, str) else ",".join(raw)
+    if not joined:
+        return []
+    names = joined.split(",")
+    unknown = [repr(n) for n in names if n not in allowed]
     if unknown:
         raise _bad("group_by", f"Unknown: {', '.join(unknown)}. Choose from {', '.join(allowed)}.")
-    if len(set(names)) != len(names):
-        raise _bad("group_by", "A dimension appears twice.")
     if len([n for n in names if n in TIME_UNITS]) > 1:
         raise _bad("group_by", "At most one of hour, day, week.")
-    return names
+    return list(dict.fromkeys(names))
+
+
+def group_by_pattern(allowed: Mapping[str, str]) -> str:
+    """The regular expression of the group_by values `parse_group_by` accepts (for the OpenAPI schema): names
+    joined by commas, at most one of them a time unit (the middle one, when the others are dimensions)."""
+    dimensions = "|".join(sorted((n for n in allowed if n not in TIME_UNITS), key=len, reverse=True))
+    units = "|".join(n for n in allowed if n in TIME_UNITS)
+    any_name = f"{dimensions}|{units}" if units else dimensions
+    return f"^(?:(?:{dimensions}),)*(?:{any_name})(?:,(?:{dimensions}))*$"
 
 
 def _iso(value: Any) -> Any:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -37,7 +38,11 @@ def _content_parts(content: Any, where: str) -> list[dict[str, Any]]:
         raise _bad(where, f"{where} must be a string or a non-empty list of content parts")
     parts = []
     for index, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") not in {"text", "image_url"}:
+        if (
+            not isinstance(part, dict)
+            or not isinstance(part.get("type"), str)
+            or part["type"] not in {"text", "image_url"}
+        ):
             raise _bad(f"{where}.{index}", f"{where}.{index} must be a text or image_url part")
         if part["type"] == "text":
             if not isinstance(part.get("text"), str):
@@ -71,18 +76,20 @@ def parse_chat_request(body: Any) -> tuple[str, list[dict[str, Any]], bool, bool
         if not isinstance(message, dict):
             raise _bad(where, f"{where} must be an object")
         role = message.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:
             raise _bad(f"{where}.role", f"{where}.role must be one of {sorted(_ROLES)} (tools run inside the agent)")
         if "content" not in message or message["content"] is None:
             raise _bad(f"{where}.content", f"{where}.content is required")
         messages.append({"role": role, "content": _content_parts(message["content"], f"{where}.content")})
-    if messages[-1]["role"] != "user":
-        raise _bad("messages", "the last message must be from the user")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("stream", "stream must be a boolean")
     options = body.get("stream_options") or {}
-    include_usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise _bad("stream_options", "stream_options must be an object whose include_usage is a boolean")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(body.get("user"), str | None):
+        raise _bad("user", "user must be a string")
     return model, messages, stream, include_usage
 
 
@@ -165,10 +172,123 @@ def _stream(run: Run, model: str, include_usage: bool) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
+_CONTENT_PART = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+            "required": ["type", "text"],
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"type": "string", "enum": ["image_url"]},
+                "image_url": {
+                    "type": "object",
+                    "properties": {"url": {"type": "string", "pattern": "^(?:https?://|data:)"}},
+                    "required": ["url"],
+                },
+            },
+            "required": ["type", "image_url"],
+        },
+    ]
+}
+# What parse_chat_request accepts (the OpenAI request format, the parts Steplens uses; other keys are ignored).
+CHAT_REQUEST_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "description": "The name or id of a Steplens agent."},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "role": {"type": "string", "enum": sorted(_ROLES)},
+                    "content": {
+                        "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _CONTENT_PART}]
+                    },
+                },
+                "required": ["role", "content"],
+            },
+        },
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}, "nullable": True},
+        "user": {"type": "string", "nullable": True},
+    },
+    "required": ["model", "messages"],
+}
+_USAGE = {
+    "type": "object",
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "prompt_tokens_details": {
+            "type": "object",
+            "properties": {"cached_tokens": {"type": "integer", "nullable": True}},
+        },
+        "completion_tokens_details": {
+            "type": "object",
+            "properties": {"reasoning_tokens": {"type": "integer", "nullable": True}},
+        },
+    },
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+}
+CHAT_COMPLETION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["chat.completion"]},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "message": {
+                        "type": "object",
+                        "properties": {
+                            "role": {"type": "string", "enum": ["assistant"]},
+                            "content": {"type": "string"},
+                        },
+                        "required": ["role", "content"],
+                    },
+                    "finish_reason": {"type": "string", "enum": ["stop", "length", "error"]},
+                },
+                "required": ["index", "message", "finish_reason"],
+            },
+        },
+        "usage": _USAGE,
+        "error": {
+            "type": "object",
+            "description": "Why the run failed (finish_reason `error` only).",
+            "properties": {
+                "type": {"type": "string"},
+                "message": {"type": "string"},
+                "run_id": {"type": "string"},
+                "stop_reason": {"type": "string", "nullable": True},
+            },
+            "required": ["run_id"],
+        },
+    },
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+}
+
+
 class ChatCompletionsApi(APIView):
     """OpenAI-compatible chat completions backed by an agent run (streaming and not)."""
 
-    @extend_schema(request=dict, responses={200: dict})
+    @extend_schema(
+        request={"application/json": CHAT_REQUEST_SCHEMA},
+        responses={
+            (200, "application/json"): CHAT_COMPLETION_SCHEMA,
+            (200, "text/event-stream"): OpenApiTypes.STR,
+        },
+        extensions={"x-error-statuses": [404], "x-request-body-required": True},
+    )
     def post(self, request: Request):
         model, messages, stream, include_usage = parse_chat_request(request.data)
         organization = request_organization(request)
@@ -185,26 +305,24 @@ class ChatCompletionsApi(APIView):
             return sse_response(_stream(run, model, include_usage), request_id=run.request_id)
         services.run_dispatch(run=run, wait=True)
         run = services.run_wait(run=run, timeout=settings.STEPLENS_SYNC_WAIT_SECONDS)
-        if run.status == RunStatus.FAILED:
-            reason = f": {run.error['type']}: {run.error['message']}" if run.error else "."
-            raise ApplicationError(
-                f"The agent run {run.pk} failed ({run.stop_reason}){reason}",
-                code="run_failed",
-                status_code=502,
-            )
-        return Response(
+        return Response(_completion(run, model))
+
+
+def _completion(run: Run, model: str) -> dict[str, Any]:
+    """The chat.completion of a run that stopped. A failed run is an answer too (the request was served and the
+    run recorded), as gateways such as OpenRouter give it: finish_reason `error` and the run's `error`."""
+    failed = run.status == RunStatus.FAILED
+    return {
+        "id": f"chatcmpl-{run.pk}",
+        "object": "chat.completion",
+        "created": int(run.created_at.timestamp()),
+        "model": model,
+        "choices": [
             {
-                "id": f"chatcmpl-{run.pk}",
-                "object": "chat.completion",
-                "created": int(run.created_at.timestamp()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": _reply_text(run)},
-                        "finish_reason": _finish_reason(run),
-                    }
-                ],
-                "usage": _usage(run),
+                "index": 0,
+                "message": {"role": "assistant", "content": "" if failed else _reply_text(run)},
+                "finish_reason": "error" if failed else _finish_reason(run),
             }
-        )
+        ],
+        "usage": _usage(run),
+    } | ({"error": {**(run.error or {}), "run_id": run.pk, "stop_reason": run.stop_reason}} if failed else {})

@@ -11,11 +11,18 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
 from agents import selectors, services
-from agents.api.serializers import AgentSerializer, ApprovalSerializer, RunSerializer, SendMessagesSerializer
+from agents.api.serializers import (
+    AgentSerializer,
+    ApprovalSerializer,
+    RunListParamsSerializer,
+    RunResponseSerializer,
+    RunSerializer,
+    SendMessagesSerializer,
+)
 from agents.api.sse import EventStreamMixin, parse_starting_after, relay, sse_response
 from agents.loop import run_usage
-from agents.models import Run, RunStatus
-from config.errors import ApplicationError
+from agents.models import Run
+from agents.streams import MAX_SEQ_ID
 from steps.models import Message
 from steps.rendering import render_messages
 
@@ -32,7 +39,7 @@ class AgentListApi(APIView):
         agents = selectors.agent_list(organization=request_organization(request))
         return Response(AgentSerializer(agents, many=True).data)
 
-    @extend_schema(request=AgentSerializer, responses={201: AgentSerializer})
+    @extend_schema(request=AgentSerializer, responses={201: AgentSerializer}, extensions={"x-error-statuses": [409]})
     def post(self, request: Request) -> Response:
         data = _validated(AgentSerializer, request.data)
         agent = services.agent_create(organization=request_organization(request), **data)
@@ -45,7 +52,7 @@ class AgentDetailApi(APIView):
         agent = selectors.agent_get(organization=request_organization(request), agent_id=agent_id)
         return Response(AgentSerializer(agent).data)
 
-    @extend_schema(request=AgentSerializer, responses=AgentSerializer)
+    @extend_schema(request=AgentSerializer, responses=AgentSerializer, extensions={"x-error-statuses": [409]})
     def patch(self, request: Request, agent_id: str) -> Response:
         agent = selectors.agent_get(organization=request_organization(request), agent_id=agent_id)
         data = _validated(AgentSerializer, request.data, partial=True)
@@ -91,7 +98,7 @@ def run_response(run: Run, *, after_sequence: int = 0) -> dict[str, Any]:
 class AgentMessagesApi(APIView):
     """Send messages and wait for the run to stop."""
 
-    @extend_schema(request=SendMessagesSerializer, responses={200: dict})
+    @extend_schema(request=SendMessagesSerializer, responses={200: RunResponseSerializer})
     def post(self, request: Request, agent_id: str) -> Response:
         run = _start_run(request, agent_id, background=False)
         services.run_dispatch(run=run, wait=True)
@@ -120,29 +127,14 @@ class AgentMessagesAsyncApi(APIView):
 
 
 class RunListApi(APIView):
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("agent_id", str),
-            OpenApiParameter("status", str),
-            OpenApiParameter("limit", int),
-        ],
-        responses=RunSerializer(many=True),
-    )
+    @extend_schema(parameters=[RunListParamsSerializer], responses=RunSerializer(many=True))
     def get(self, request: Request) -> Response:
-        try:
-            limit = int(request.query_params.get("limit", 100))
-        except ValueError as exc:
-            raise ApplicationError("Invalid parameter.", extra={"limit": "must be an integer"}) from exc
-        if not 1 <= limit <= 1000:
-            raise ApplicationError("Invalid parameter.", extra={"limit": "must be between 1 and 1000"})
-        status_filter = request.query_params.get("status")
-        if status_filter and status_filter not in RunStatus.values:
-            raise ApplicationError("Invalid parameter.", extra={"status": f"must be one of {RunStatus.values}"})
+        params = _validated(RunListParamsSerializer, request.query_params)
         runs = selectors.run_list(
             organization=request_organization(request),
-            agent_id=request.query_params.get("agent_id"),
-            status=status_filter,
-        )[:limit]
+            agent_id=params.get("agent_id") or None,
+            status=params.get("status") or None,
+        )[: params["limit"]]
         return Response(RunSerializer(runs, many=True).data)
 
 
@@ -156,7 +148,17 @@ class RunDetailApi(APIView):
 class RunStreamApi(EventStreamMixin, APIView):
     """Resume a run's event stream after `starting_after` (a seq_id)."""
 
-    @extend_schema(parameters=[OpenApiParameter("starting_after", int)], responses={(200, "text/event-stream"): str})
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "starting_after",
+                {"type": "integer", "minimum": 0, "maximum": MAX_SEQ_ID},
+                description="Resume after this seq_id (default 0: from the start).",
+                extensions={"x-empty-is-error": True},
+            )
+        ],
+        responses={(200, "text/event-stream"): str},
+    )
     def get(self, request: Request, run_id: str):
         run = selectors.run_get(organization=request_organization(request), run_id=run_id)
         after = parse_starting_after(request.query_params.get("starting_after", "0"))
@@ -174,7 +176,7 @@ class RunCancelApi(APIView):
 class RunApprovalApi(APIView):
     """Approve or deny a tool call the run is waiting on; the run resumes when nothing else is awaited."""
 
-    @extend_schema(request=ApprovalSerializer, responses=RunSerializer)
+    @extend_schema(request=ApprovalSerializer, responses=RunSerializer, extensions={"x-error-statuses": [409]})
     def post(self, request: Request, run_id: str) -> Response:
         run = selectors.run_get(organization=request_organization(request), run_id=run_id)
         data = _validated(ApprovalSerializer, request.data)

@@ -112,6 +112,13 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Observability for LLM agent steps: runs, steps, usage, errors and traces.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies get their own components: what a client must send (non-blank strings) differs from what it reads.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # Error answers of every operation, optional parameters that may be empty, pinned discriminators.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.openapi.postprocess_error_responses",
+    ],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -3,10 +3,12 @@
 from collections.abc import Iterable
 from typing import Any
 
-from drf_spectacular.utils import PolymorphicProxySerializer
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema_serializer
 from rest_framework import serializers
 
 from agents.models import Run
+from config.fields import StrictCharField
 from config.representation import Representation
 from steps.models import Feedback, Step, StepMetrics
 from traces.models import ProviderTrace
@@ -72,16 +74,31 @@ class StepPageSerializer(PageSerializer):
     data = StepSerializer(many=True)
 
 
+class CursorField(serializers.CharField):
+    """A page cursor: only ever one the API returned as next_cursor (opaque; anything else is a 400)."""
+
+
+class CursorFieldSchema(OpenApiSerializerFieldExtension):
+    """Cursors have their own format: no pattern describes them, and a client never makes one up."""
+
+    target_class = CursorField
+
+    def map_serializer_field(self, auto_schema: Any, direction: str) -> dict[str, Any]:
+        return {"type": "string", "format": "cursor", "maxLength": 2000}
+
+
 class ListParamsSerializer(serializers.Serializer):
     """Paging parameters shared by every list."""
 
-    limit = serializers.IntegerField(min_value=1, max_value=1000, default=50)
-    order = serializers.ChoiceField(choices=["asc", "desc"], default="desc")
-    cursor = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+    limit = serializers.IntegerField(min_value=1, max_value=1000, default=50, help_text="Items per page.")
+    order = serializers.ChoiceField(choices=["asc", "desc"], default="desc", help_text="By creation time.")
+    cursor = CursorField(
+        required=False, allow_blank=True, max_length=2000, help_text="next_cursor of the previous page."
+    )
 
 
 class MessageListParamsSerializer(ListParamsSerializer):
-    order = serializers.ChoiceField(choices=["asc", "desc"], default="asc")
+    order = serializers.ChoiceField(choices=["asc", "desc"], default="asc", help_text="By sequence.")
 
 
 # --- typed messages (schema only: the renderer in steps.rendering builds the dicts) ---------------
@@ -272,6 +289,7 @@ class RunUsageSerializer(serializers.Serializer):
     steps = StepUsageSerializer(many=True)
 
 
+@extend_schema_serializer(extensions={"x-additional-properties": False})  # other fields are refused
 class FeedbackInSerializer(serializers.Serializer):
     """Feedback and tag changes; tags are added and removed, never replaced."""
 
@@ -279,10 +297,10 @@ class FeedbackInSerializer(serializers.Serializer):
         choices=Feedback.values, allow_null=True, required=False, help_text="positive, negative, or null to clear."
     )
     add_tags = serializers.ListField(
-        child=serializers.CharField(max_length=200), required=False, default=list, max_length=100
+        child=StrictCharField(max_length=200), required=False, default=list, max_length=100
     )
     remove_tags = serializers.ListField(
-        child=serializers.CharField(max_length=200), required=False, default=list, max_length=100
+        child=StrictCharField(max_length=200), required=False, default=list, max_length=100
     )
 
     def validate(self, attrs: dict) -> dict:

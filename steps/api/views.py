@@ -5,6 +5,7 @@ Views are thin: they validate parameters, call one selector or report, and seria
 
 from typing import Any
 
+import django_filters
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -19,9 +20,18 @@ from accounts.authentication import request_organization
 from config.errors import ApplicationError
 from steps.api import serializers as s
 from steps.api.renderers import CSVRenderer
-from steps.filters import StepFilterSet, is_filter_param
+from steps.filters import (
+    MAX_FILTER_NUMBER,
+    MAX_FILTER_VALUES,
+    MultiValueFilter,
+    StepFilterSet,
+    StrictBooleanFilter,
+    UtcDateTimeFilter,
+    is_filter_param,
+    multi_value_pattern,
+)
 from steps.rendering import render_messages
-from steps.reports import ERROR_GROUPS, USAGE_GROUPS, Report, errors_report, usage_report
+from steps.reports import ERROR_GROUPS, USAGE_GROUPS, Report, errors_report, group_by_pattern, usage_report
 from steps.selectors import run_usage, step_get, step_list, step_messages, step_metrics_get
 from steps.services import step_set_feedback
 from traces.selectors import provider_trace_get, provider_traces_for_step, request_get
@@ -29,37 +39,36 @@ from traces.selectors import provider_trace_get, provider_traces_for_step, reque
 _PAGING = {"limit", "order", "cursor"}
 
 
+def _filter_schema(flt: Any) -> dict[str, Any]:
+    """The JSON schema of one StepFilterSet filter, with the limits its form field enforces."""
+    if isinstance(flt, MultiValueFilter):
+        field = flt.field_class(**flt.extra)
+        return {"type": "string", "pattern": multi_value_pattern(choices=field.allowed, max_length=field.max_length)}
+    if isinstance(flt, UtcDateTimeFilter):
+        return {"type": "string", "format": "date-time"}
+    if isinstance(flt, StrictBooleanFilter):
+        return {"type": "boolean"}
+    if isinstance(flt, django_filters.ChoiceFilter):
+        return {"type": "string", "enum": [choice for choice, _ in flt.extra["choices"]]}
+    if isinstance(flt, django_filters.NumberFilter):
+        return {"type": "number", "minimum": 0, "maximum": MAX_FILTER_NUMBER}
+    raise TypeError(f"no OpenAPI schema for {type(flt).__name__}")
+
+
 def _filter_parameters() -> list[OpenApiParameter]:
-    """The StepFilterSet's filters as OpenAPI query parameters (one source of truth)."""
-    types = {"UtcDateTimeFilter": OpenApiTypes.DATETIME, "NumberFilter": OpenApiTypes.NUMBER}
+    """The StepFilterSet's filters as OpenAPI query parameters (one source of truth); a filter given several
+    values, comma-separated (`status=success,failed`), matches any of them."""
     parameters = []
     for name, flt in StepFilterSet.base_filters.items():
-        kind = type(flt).__name__
         description = str(flt.extra.get("help_text", ""))
-        if kind == "StrictBooleanFilter":
-            schema_type: Any = OpenApiTypes.BOOL
-        elif kind == "ChoiceFilter":
-            schema_type = OpenApiTypes.STR
-        else:
-            schema_type = types.get(kind, OpenApiTypes.STR)
-        enum = None
-        if kind == "ChoiceFilter":
-            enum = [c[0] for c in flt.extra["choices"]]
-        elif getattr(flt, "field_class", None) and flt.extra.get("choices"):
-            enum = list(flt.extra["choices"])
-            description += f" Comma-separated, any of: {', '.join(enum)}."
-            enum = None
-        parameters.append(OpenApiParameter(name, schema_type, description=description, enum=enum))
+        if isinstance(flt, MultiValueFilter):
+            description += f" Several values: comma-separated, up to {MAX_FILTER_VALUES}."
+        parameters.append(OpenApiParameter(name, _filter_schema(flt), description=description))
     # metadata.<key>=<value> filters have free-form names; the list operations' descriptions explain them.
     return parameters
 
 
 FILTER_PARAMETERS = _filter_parameters()
-LIST_PARAMETERS = [
-    OpenApiParameter("limit", OpenApiTypes.INT, description="Rows per page, 1–1000 (default 50)."),
-    OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By created_at (default desc)."),
-    OpenApiParameter("cursor", OpenApiTypes.STR, description="next_cursor of the previous page."),
-]
 
 
 def _check_params(request: Request, *, allowed: set[str], filters: bool = False) -> None:
@@ -83,7 +92,9 @@ class StepListApi(APIView):
     """Steps of the key's organization, filtered, newest first, cursor paginated."""
 
     @extend_schema(
-        operation_id="steps_list", parameters=[*FILTER_PARAMETERS, *LIST_PARAMETERS], responses=s.StepPageSerializer
+        operation_id="steps_list",
+        parameters=[*FILTER_PARAMETERS, s.ListParamsSerializer],
+        responses=s.StepPageSerializer,
     )
     def get(self, request: Request) -> Response:
         _check_params(request, allowed=_PAGING, filters=True)
@@ -110,11 +121,7 @@ class StepMessagesApi(APIView):
 
     @extend_schema(
         operation_id="steps_messages_list",
-        parameters=[
-            OpenApiParameter("limit", OpenApiTypes.INT, description="Typed messages per page, 1–1000 (default 50)."),
-            OpenApiParameter("order", OpenApiTypes.STR, enum=["asc", "desc"], description="By sequence (default asc)."),
-            OpenApiParameter("cursor", OpenApiTypes.STR, description="next_cursor of the previous page."),
-        ],
+        parameters=[s.MessageListParamsSerializer],
         responses=s.MessagePageSerializer,
     )
     def get(self, request: Request, step_id: str) -> Response:
@@ -138,7 +145,9 @@ class StepMetricsApi(APIView):
 
 
 class StepTraceParamsSerializer(serializers.Serializer):
-    attempt = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+    attempt = serializers.IntegerField(
+        min_value=1, max_value=1000, required=False, help_text="Attempt number (default: the last)."
+    )
 
 
 class StepTraceApi(APIView):
@@ -146,7 +155,7 @@ class StepTraceApi(APIView):
 
     @extend_schema(
         operation_id="steps_trace_retrieve",
-        parameters=[OpenApiParameter("attempt", OpenApiTypes.INT, description="Attempt number (default: the last).")],
+        parameters=[StepTraceParamsSerializer],
         responses=s.StepTraceSerializer,
     )
     def get(self, request: Request, step_id: str) -> Response:
@@ -268,8 +277,12 @@ def _report_response(report: Report, **extra: Any) -> Response:
 
 
 class UsageParamsSerializer(serializers.Serializer):
-    exact = serializers.BooleanField(required=False, default=False)
-    limit = serializers.IntegerField(min_value=1, max_value=100_000, required=False, default=100_000)
+    exact = serializers.BooleanField(
+        required=False, default=False, help_text="Scan the steps (exact percentiles, slower)."
+    )
+    limit = serializers.IntegerField(
+        min_value=1, max_value=100_000, required=False, default=100_000, help_text="At most this many groups."
+    )
 
 
 _FORMAT = OpenApiParameter("format", OpenApiTypes.STR, enum=["json", "csv"], description="csv for CSV output.")
@@ -283,9 +296,12 @@ class UsageReportApi(_ReportApi):
     @extend_schema(
         operation_id="usage_report",
         parameters=[
-            OpenApiParameter("group_by", OpenApiTypes.STR, description=f"Comma-separated: {', '.join(USAGE_GROUPS)}."),
-            OpenApiParameter("exact", OpenApiTypes.BOOL, description="Scan the steps (exact percentiles, slower)."),
-            OpenApiParameter("limit", OpenApiTypes.INT, description="At most this many groups (default 100000)."),
+            OpenApiParameter(
+                "group_by",
+                {"type": "string", "pattern": group_by_pattern(USAGE_GROUPS)},
+                description=f"Comma-separated, at most one of hour, day, week: {', '.join(USAGE_GROUPS)}.",
+            ),
+            UsageParamsSerializer,
             _FORMAT,
             *FILTER_PARAMETERS,
         ],
@@ -311,7 +327,7 @@ class ErrorsReportApi(_ReportApi):
         parameters=[
             OpenApiParameter(
                 "group_by",
-                OpenApiTypes.STR,
+                {"type": "string", "pattern": group_by_pattern(ERROR_GROUPS)},
                 description=f"Comma-separated, besides error_type: {', '.join(ERROR_GROUPS)}.",
             ),
             _FORMAT,

@@ -52,7 +52,7 @@ def test_official_client_streams_a_reply(openai_client, make_agent, scenario):
     [
         ({"model": "greeter"}, "messages"),
         ({"model": "greeter", "messages": "hi"}, "messages"),
-        ({"model": "greeter", "messages": [{"role": "assistant", "content": "hi"}]}, "messages"),
+        ({"model": "greeter", "messages": [{"role": "tool", "content": "hi"}]}, "messages.0.role"),
         ({"model": "greeter", "messages": [{"role": "user", "content": 42}]}, "messages.0.content"),
         ({"model": "greeter", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "messages.0.content.0"),
         ({"messages": USER}, "model"),
@@ -69,3 +69,14 @@ def test_bad_chat_requests_get_precise_400s(api_client, make_agent, body, field)
 def test_unknown_agent_is_a_404(api_client):
     response = api_client.post("/v1/chat/completions", {"model": "ghost", "messages": USER}, format="json")
     assert response.status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("roles", [["assistant"], ["system"], ["user", "assistant"], ["user", "system"]])
+def test_a_conversation_may_end_with_any_role(api_client, make_agent, roles):
+    """OpenAI's API accepts any last message (an assistant prefill, say); so does this one, and the run ends."""
+    make_agent("scripted/echo", name="greeter")
+    messages = [{"role": role, "content": f"{role} says hi"} for role in roles]
+    response = api_client.post("/v1/chat/completions", {"model": "greeter", "messages": messages}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["choices"][0]["finish_reason"] == "stop"

@@ -27,8 +27,14 @@ def test_the_readme_agent_without_a_key_says_why_in_every_answer(api_client, mak
     assert [e["stop_reason"] for _, e in events if isinstance(e, dict) and "stop_reason" in e] == ["llm_api_error"]
 
     chat = api_client.post("/v1/chat/completions", {"model": "helper", "messages": USER["messages"]}, format="json")
-    assert chat.status_code == 502
-    assert "authentication: ANTHROPIC_API_KEY is not set." in chat.json()["detail"]
+    assert chat.status_code == 200  # served and recorded: the run's failure is the answer, never a 5xx
+    assert chat.json()["choices"][0]["finish_reason"] == "error"
+    error = chat.json()["error"]
+    assert {key: error[key] for key in ("type", "message", "stop_reason")} == {
+        **expected,
+        "stop_reason": "llm_api_error",
+    }
+    assert api_client.get(f"/v1/runs/{error['run_id']}").json()["error"] == expected
 
 
 @pytest.mark.django_db(transaction=True)
