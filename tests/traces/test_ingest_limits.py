@@ -117,9 +117,11 @@ def test_json_nested_100000_levels_deep_is_a_400_with_a_json_body(api_client, op
 
 
 @pytest.mark.django_db
-def test_an_empty_body_is_a_400_not_a_stored_batch(api_client):
+def test_an_empty_body_is_a_400_and_a_request_without_spans_stores_nothing(api_client):
     response = _post(api_client, b"")
     assert response.status_code == 400
+    response = _post(api_client, b"{}", "application/json")  # a valid export of no spans
+    assert response.status_code == 200 and response.json() == {}
     assert IngestBatch.objects.count() == 0
 
 
