@@ -229,3 +229,12 @@ def test_dates_at_the_ends_of_the_calendar_are_a_400_naming_the_field(api_client
 def test_the_widest_window_allowed_is_answered(api_client, url):
     response = api_client.get(url, {"start": "0001-01-08T00:00:00Z", "end": "9999-12-24T00:00:00+00:00"})
     assert response.status_code == 200, response.content
+
+
+@pytest.mark.django_db
+def test_a_lone_surrogate_in_a_json_body_is_a_400_naming_where(api_client):
+    body = '{"name": "a", "model_handle": "scripted/echo", "metadata": {"k": ["ok", "\\udc00"]}}'
+    response = api_client.generic("POST", "/v1/agents", body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert list(response.json()["fields"]) == ["metadata.k.1"]
+    assert api_client.get("/v1/agents").json() == []

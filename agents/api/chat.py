@@ -84,7 +84,8 @@ def parse_chat_request(body: Any) -> tuple[str, list[dict[str, Any]], bool, bool
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise _bad("stream", "stream must be a boolean")
-    options = body.get("stream_options") or {}
+    options = body.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise _bad("stream_options", "stream_options must be an object whose include_usage is a boolean")
     include_usage = options.get("include_usage", False)

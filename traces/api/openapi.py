@@ -23,12 +23,19 @@ _BASE64 = {"type": "string", "pattern": "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{
 
 
 def _enum(names: list[str]) -> dict[str, Any]:
-    """A protobuf enum in JSON: its name, or any int32 (proto3 enums are open); the decoder ignores other names
-    (unknown fields and enum names are skipped), so any string is read."""
+    """A protobuf enum as the decoder reads it: any string (a name; unknown names are skipped), any number in the
+    int32 range (truncated; proto3 enums are open), or a boolean (0 or 1)."""
     return {
         "oneOf": [
             {"type": "string", "description": "One of: " + ", ".join(names)},
-            {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1},
+            {
+                "type": "number",
+                "minimum": -(2**31) - 1,
+                "exclusiveMinimum": True,
+                "maximum": 2**31,
+                "exclusiveMaximum": True,
+            },
+            {"type": "boolean"},
         ]
     }
 
@@ -200,7 +207,9 @@ def _response(description: str, content: dict[str, Any], **extra: Any) -> dict[s
     return {"description": description, "content": {media: {"schema": s} for media, s in content.items()}, **extra}
 
 
-_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
+_RETRY_AFTER = {
+    "Retry-After": {"schema": {"type": "integer"}, "required": True, "description": "Seconds to wait before retrying."}
+}
 
 # extend_schema(**OTLP_TRACES_SCHEMA) on the view's post.
 OTLP_TRACES_SCHEMA: dict[str, Any] = {
@@ -214,6 +223,7 @@ OTLP_TRACES_SCHEMA: dict[str, Any] = {
         "x-request-body-required": True,
         "x-responses": {
             "400": _response("The body is not an OTLP export request.", _STATUS_OR_ERROR),
+            "411": _response("A chunked body the server in front cannot decode: send Content-Length.", _STATUS_BODIES),
             "413": _response("The body, inflated body or span count is over its limit.", _STATUS_BODIES),
             "415": _response("Content-Type or Content-Encoding not supported.", _STATUS_BODIES),
             "503": _response(
