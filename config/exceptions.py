@@ -116,6 +116,13 @@ def handler404(request: HttpRequest, exception: Exception | None = None) -> Http
     return defaults.page_not_found(request, exception)
 
 
+def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """A request Django itself refuses (a bad Host header, too many fields): JSON on /v1/."""
+    if is_api_path(request):
+        return JsonResponse(error_body(code="bad_request", detail="Bad request."), status=400)
+    return defaults.bad_request(request, exception)
+
+
 def handler500(request: HttpRequest) -> HttpResponse:
     """Django calls this while handling the uncaught exception, so sys.exc_info() still holds it."""
     exc = sys.exc_info()[1]

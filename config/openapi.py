@@ -94,14 +94,15 @@ SSE_EVENT_SCHEMA: dict[str, Any] = {
 
 def _error_statuses(operation: dict[str, Any]) -> set[int]:
     """What any operation can answer: 400 (a NUL in the path, a bad parameter or body), 406 (Accept), 429 and
-    503 (Retry-After); 401 with a key; 404 with path parameters; 415 with a JSON body; plus what it names."""
+    503 (Retry-After); 401 with a key; 404 with path parameters; 414 with query parameters; 413 and 415 with
+    a JSON body; plus what it names."""
     statuses = {400, 406, 429, 503}
     if operation.get("security"):
         statuses.add(401)
     if any(parameter.get("in") == "path" for parameter in operation.get("parameters", [])):
         statuses.add(404)
     if "application/json" in operation.get("requestBody", {}).get("content", {}):
-        statuses.add(415)
+        statuses.update({413, 415})
     if any(parameter.get("in") == "query" for parameter in operation.get("parameters", [])):
         statuses.add(414)
     statuses.update(operation.pop("x-error-statuses", []))

@@ -4,15 +4,18 @@ PostgreSQL text and jsonb cannot hold the NUL character (U+0000), nor a lone sur
 escape that pairs with nothing). A body carrying one anywhere (a message's content, a tag, a key) is a 400
 naming where, before anything is written, rather than a database error halfway through a request.
 
-Nesting is limited too (MAX_DEPTH levels): no request of this API needs more, and Python's decoder and the
-checks that walk a body recurse, so a body of 100,000 nested arrays would otherwise end in a RecursionError (a
-500) instead of a 400.
+Bodies over STEPLENS_API_MAX_BODY_BYTES are a 413 before they are read. Nesting is limited too (MAX_DEPTH
+levels): no request of this API needs more, and Python's decoder and the checks that walk a body recurse, so a
+body of 100,000 nested arrays would otherwise end in a RecursionError (a 500) instead of a 400.
 """
 
 from typing import Any
 
+from django.conf import settings
 from rest_framework import parsers
 from rest_framework.exceptions import ParseError
+
+from config.errors import ApplicationError
 
 MAX_DEPTH = 64
 
@@ -64,6 +67,12 @@ def unstorable_location(value: Any, path: str = "") -> tuple[str, str] | None:
 
 class JSONParser(parsers.JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        request = (parser_context or {}).get("request")
+        declared = request.META.get("CONTENT_LENGTH", "") if request is not None else ""
+        limit = settings.STEPLENS_API_MAX_BODY_BYTES
+        if str(declared).isdigit() and int(declared) > limit:
+            # Refused before reading: a body is parsed whole, in memory.
+            raise ApplicationError(f"The body is over the {limit}-byte limit.", status_code=413)
         too_deep = ParseError(f"JSON parse error - the body is nested deeper than {MAX_DEPTH} levels.")
         try:
             data = super().parse(stream, media_type, parser_context)

@@ -16,5 +16,6 @@ urlpatterns = [
 ]
 
 # Unknown /v1/ paths and uncaught exceptions answer the API's JSON error, never an HTML page.
+handler400 = "config.exceptions.handler400"
 handler404 = "config.exceptions.handler404"
 handler500 = "config.exceptions.handler500"

@@ -238,3 +238,20 @@ def test_a_lone_surrogate_in_a_json_body_is_a_400_naming_where(api_client):
     assert response.status_code == 400, response.content
     assert list(response.json()["fields"]) == ["metadata.k.1"]
     assert api_client.get("/v1/agents").json() == []
+
+
+@pytest.mark.django_db
+def test_a_json_body_over_the_limit_is_a_413_before_it_is_read(api_client, settings):
+    settings.STEPLENS_API_MAX_BODY_BYTES = 1000
+    body = '{"name": "a", "model_handle": "scripted/echo", "system": "' + "x" * 2000 + '"}'
+    response = api_client.generic("POST", "/v1/agents", body, content_type="application/json")
+    assert response.status_code == 413
+    _assert_error_shape(response.json(), code="payload_too_large")
+    assert api_client.get("/v1/agents").json() == []
+
+
+@pytest.mark.django_db
+def test_a_request_django_refuses_is_a_json_400_on_the_api():
+    response = Client(raise_request_exception=False).get("/v1/steps", HTTP_HOST="evil.example")
+    assert response.status_code == 400
+    _assert_error_shape(response.json(), code="bad_request")

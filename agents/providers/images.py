@@ -160,6 +160,8 @@ class ImageFetcher:
             raise ImageFetchError(f"Image {url} took longer than {self.timeout:g}s to download.") from exc
         except httpx2.HTTPError as exc:
             raise ImageFetchError(f"Could not load image {url}: {type(exc).__name__}.") from exc
+        except httpx2.InvalidURL as exc:  # not an HTTPError: a host that is no valid IDNA name, say
+            raise ImageFetchError(f"Could not load image {url}: not a valid URL.") from exc
         data = b"".join(chunks)
         media_type = sniff_media_type(data) or (content_type if content_type in SUPPORTED_MEDIA_TYPES else None)
         if media_type is None:

@@ -106,6 +106,8 @@ REST_FRAMEWORK = {
 # Retry-After (seconds) of the 503 answered while the database is unreachable: clients (OTLP exporters included)
 # retry a 503 after this delay instead of losing the request to a 500.
 STEPLENS_DB_RETRY_AFTER_SECONDS = env.int("STEPLENS_DB_RETRY_AFTER_SECONDS", default=5)
+# Largest JSON request body of the API (413 above it): a body is parsed whole, in memory (OTLP has its own limit).
+STEPLENS_API_MAX_BODY_BYTES = env.int("STEPLENS_API_MAX_BODY_BYTES", default=16 * 1024 * 1024)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Steplens API",

@@ -45,12 +45,26 @@ def _ref(name: str) -> dict[str, str]:
 
 
 def _message(properties: dict[str, Any], description: str) -> dict[str, Any]:
-    """A protobuf message in JSON: every field optional and nullable (null is "not set"), other keys ignored."""
+    """A protobuf message in JSON: every field optional and nullable (null is "not set"), other keys ignored.
+
+    protobuf's JSON parser also reads a string or a list of strings as a message (it iterates them as field
+    names, and skips the unknown ones): the schema says what the decoder accepts, quirks included."""
     return {
-        "type": "object",
+        "oneOf": [
+            {
+                "type": "object",
+                "properties": {name: {**schema, "nullable": True} for name, schema in properties.items()},
+            },
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}},
+        ],
         "description": description,
-        "properties": {name: {**schema, "nullable": True} for name, schema in properties.items()},
     }
+
+
+def _object(properties: dict[str, Any], description: str) -> dict[str, Any]:
+    """The request itself: a JSON object (the decoder refuses anything else)."""
+    return _message(properties, description)["oneOf"][0] | {"description": description}
 
 
 def _list(item: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +77,8 @@ _VALUE_SCHEMAS: dict[str, Any] = {
     "boolValue": {"type": "boolean"},
     "intValue": _INT64,
     "doubleValue": {"oneOf": [{"type": "number"}, {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]}]},
-    "arrayValue": {"type": "object", "properties": {"values": _list(_ref("OtlpAnyValue"))}},
-    "kvlistValue": {"type": "object", "properties": {"values": _list(_ref("OtlpKeyValue"))}},
+    "arrayValue": _message({"values": _list(_ref("OtlpAnyValue"))}, "A list of values."),
+    "kvlistValue": _message({"values": _list(_ref("OtlpKeyValue"))}, "A list of key-values."),
     "bytesValue": _BASE64,
 }
 
@@ -80,6 +94,8 @@ OTLP_COMPONENTS: dict[str, Any] = {
                 for key in _VALUE_KEYS
             ),
             {"type": "object", "not": {"anyOf": [{"required": [key]} for key in _VALUE_KEYS]}},
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}},
         ],
     },
     "OtlpKeyValue": _message({"key": {"type": "string"}, "value": _ref("OtlpAnyValue")}, "One attribute."),
@@ -141,7 +157,7 @@ OTLP_COMPONENTS: dict[str, Any] = {
         },
         "A span; GenAI spans (gen_ai.* or OpenInference llm.* attributes) become steps.",
     ),
-    "OtlpExportTraceServiceRequest": _message(
+    "OtlpExportTraceServiceRequest": _object(
         {
             "resourceSpans": _list(
                 _message(

@@ -26,3 +26,9 @@ def test_the_guard_can_be_lifted_for_a_lab_setup(monkeypatch):
     with pytest.raises(ImageFetchError) as info:  # nothing listens there: a connection error, not a refusal
         ImageFetcher(timeout=2).fetch("http://127.0.0.1:9/a.png")
     assert "non-public" not in str(info.value)
+
+
+def test_an_url_whose_host_is_no_valid_name_is_an_image_fetch_error():
+    """Found by schemathesis: an IDNA-invalid host made httpx raise InvalidURL, which no caller expected."""
+    with pytest.raises(ImageFetchError, match="not a valid URL"):
+        ImageFetcher(timeout=2).fetch("http://gzi\u00b3\U000ada7fw%\u00f1\u0100s/a.png")
