@@ -124,6 +124,13 @@ class OwnRabbit:
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
         self.process = None
+        # rabbitmq-server starts the Erlang VM in a session of its own (as the rabbitmq user): find it by node name.
+        import psutil
+
+        for process in psutil.process_iter(["pid"]):
+            with suppress(psutil.Error):
+                if process.environ().get("RABBITMQ_NODENAME") == self.name:
+                    process.kill()
 
     def destroy(self) -> None:
         self.stop()

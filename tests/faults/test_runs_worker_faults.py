@@ -19,6 +19,7 @@ from agents.services import agent_create, run_enqueue, run_start, runs_recover_s
 from steps.models import Step, StepProgression
 from steps.services import steps_fail_stale
 from tests.faults.runs_support import (
+    OwnRabbit,
     OwnRedis,
     children,
     count,
@@ -58,6 +59,25 @@ def cluster(postgres, transactional_db, settings, monkeypatch, tmp_path) -> Iter
         finally:
             stop_services(services)
             redis.stop()
+
+
+@pytest.fixture
+def rabbit_cluster(postgres, transactional_db, settings, monkeypatch, tmp_path) -> Iterator[dict]:
+    """The production default: a RabbitMQ node of our own as broker, our own Redis for the streams."""
+    rabbit, redis = OwnRabbit(), OwnRedis()
+    redis.start()
+    services: list = []
+    try:
+        rabbit.start()
+        with use_broker(rabbit.url, monkeypatch):
+            settings.CELERY_TASK_ALWAYS_EAGER = False
+            settings.STEPLENS_STALE_RUN_SECONDS = STALE_SECONDS
+            env = worker_env(database_url(), broker_url=rabbit.url, redis_url=redis.url, **BOUNDS)
+            yield {"env": env, "logs": tmp_path, "services": services}
+    finally:
+        stop_services(services)
+        rabbit.destroy()
+        redis.stop()
 
 
 def _start_worker(cluster: dict, name: str, *, concurrency: int = 2):
@@ -112,6 +132,20 @@ def test_a_worker_tree_killed_mid_run_leaves_every_run_completed_by_a_new_worker
 
     kill_tree(first)  # the worker and its pool children die at once; their tasks stay unacknowledged
     _start_worker(cluster, "second")
+    _sweep_until_final(run_ids)
+
+    _assert_nothing_unfinished(run_ids)
+
+
+def test_on_rabbitmq_a_killed_worker_tree_returns_its_tasks_at_once_and_every_run_completes(
+    rabbit_cluster, organization
+):
+    first = _start_worker(rabbit_cluster, "first")
+    run_ids = _slow_runs(organization, 3)
+    _wait_streaming(run_ids, first)
+
+    kill_tree(first)  # the broker sees the connection close and requeues the unacknowledged tasks
+    _start_worker(rabbit_cluster, "second")
     _sweep_until_final(run_ids)
 
     _assert_nothing_unfinished(run_ids)
