@@ -71,6 +71,10 @@ def _environment(database_url: str) -> dict[str, str]:
     )
     for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY", "OPENAI_BASE_URL"):
         env.pop(name, None)
+    if database_url.startswith("sqlite"):
+        # The base settings give SQLite what concurrent threads need (WAL, a busy timeout); production's own
+        # DATABASES, meant for PostgreSQL, does not.
+        env["DJANGO_SETTINGS_MODULE"] = "config.settings.test"
     return env
 
 
