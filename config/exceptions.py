@@ -48,17 +48,24 @@ def _sentence(message: str, fields: dict[str, list[str]]) -> str:
     return f"{message.rstrip('.')}: {reasons}" if message else reasons
 
 
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psycopg
+    except ImportError:  # SQLite only: Django wraps sqlite3's errors itself
+        return ()
+    return (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+_DRIVER_ERRORS = _driver_errors()
+
+
 def database_unavailable(exc: BaseException | None) -> bool:
     """The database (or its connection) failed, as opposed to a query being wrong: worth a retry later.
 
-    Django wraps the driver's errors (psycopg's OperationalError for a refused, dropped or terminated
-    connection, InterfaceError for one already closed) in django.db's classes; a driver error that escaped
-    the wrapper is caught by its class name."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    return type(exc).__name__ in {"OperationalError", "InterfaceError"} and type(exc).__module__.startswith(
-        ("psycopg", "sqlite3")
-    )
+    Django wraps the driver's errors (psycopg's OperationalError and its subclasses for a refused, dropped or
+    terminated connection, such as AdminShutdown when the server restarts; InterfaceError for a connection
+    already closed) in django.db's classes; a driver error that escaped the wrapper counts too."""
+    return isinstance(exc, (OperationalError, InterfaceError, *_DRIVER_ERRORS))
 
 
 def _release_broken_connections() -> None:

@@ -255,3 +255,17 @@ def test_a_request_django_refuses_is_a_json_400_on_the_api():
     response = Client(raise_request_exception=False).get("/v1/steps", HTTP_HOST="evil.example")
     assert response.status_code == 400
     _assert_error_shape(response.json(), code="bad_request")
+
+
+def test_what_counts_as_an_unavailable_database():
+    psycopg = pytest.importorskip("psycopg")
+    from django.db import DataError, IntegrityError, InterfaceError, OperationalError
+
+    from config.exceptions import database_unavailable
+
+    # A server restart terminates sessions with AdminShutdown (an OperationalError); a closed connection is an
+    # InterfaceError; Django wraps both, and either may arrive unwrapped.
+    for exc in (OperationalError(), InterfaceError(), psycopg.errors.AdminShutdown(), psycopg.InterfaceError()):
+        assert database_unavailable(exc), exc
+    for exc in (DataError(), IntegrityError(), psycopg.errors.UniqueViolation(), ValueError(), None):
+        assert not database_unavailable(exc), exc
