@@ -31,6 +31,7 @@ from agents.providers import (
 from agents.providers.redaction import redact_text
 from agents.services import (
     RunLeased,
+    lease_holder_dead,
     new_lease,
     run_claim,
     run_fail_lost,
@@ -409,10 +410,13 @@ def run_execute(*, run_id: str) -> Run:
         return _finish(run, RunStatus.CANCELLED, StopReason.CANCELLED, _Publisher(run), None)
     lease = new_lease()
     claimed = run_claim(run=run, lease=lease)
+    if claimed is None and lease_holder_dead(run.lease):  # its process died on this machine: no need to wait
+        claimed = run_claim(run=run, lease=lease, dead_lease=run.lease)
     if claimed is None:
         if run.is_finished:
             return run
-        if run.attempt >= settings.STEPLENS_RUN_MAX_ATTEMPTS and run_lease_retry_in(run=run) <= 1:
+        lost = run_lease_retry_in(run=run) <= 1 or lease_holder_dead(run.lease)
+        if run.attempt >= settings.STEPLENS_RUN_MAX_ATTEMPTS and lost:
             return run_fail_lost(run=run)  # its last worker died too: nothing may resume it
         raise RunLeased(run.pk, retry_in=run_lease_retry_in(run=run))
     # A re-delivered run: the step in flight when the worker died will never finish; close it truthfully.

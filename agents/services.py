@@ -66,27 +66,59 @@ class RunLeased(Exception):
         self.retry_in = retry_in
 
 
+def _process_place() -> str:
+    """This host and PID namespace: where a lease holder's pid means something (containers share host names)."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()[:24]}:{namespace}"
+
+
 def new_lease() -> str:
-    """A lease token naming this process (host and pid, for people reading the row) and this execution."""
-    return f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    """A lease token naming this process (host, pid namespace and pid) and this execution."""
+    return f"{_process_place()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def lease_holder_dead(lease: str | None) -> bool:
+    """Is the process holding `lease` known to be gone? Only provable on its own host and pid namespace.
+
+    A prefork child killed under its run, or a worker killed and replaced on the same machine, is seen at once,
+    so its run is taken over without waiting for the heartbeat to go stale. Anywhere else (or a reused pid)
+    the answer is False and the heartbeat bound decides.
+    """
+    if not lease:
+        return False
+    place, _, rest = lease.rpartition(":")[0].rpartition(":")
+    if place != _process_place() or not rest.isdigit():
+        return False
+    try:
+        os.kill(int(rest), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _stale_before() -> datetime:
     return timezone.now() - timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS)
 
 
-def run_claim(*, run: Run, lease: str) -> Run | None:
+def run_claim(*, run: Run, lease: str, dead_lease: str | None = None) -> Run | None:
     """Take the run for this execution, or None when a live worker holds it (see `RunLeased`).
 
     One conditional UPDATE decides, so two workers handed the same run (a re-delivered task, a sweep's
     re-dispatch) never both execute it: a run is free when nobody holds it (created, paused, released by the
-    sweep), or taken over when its holder's heartbeat is stale and it has attempts left (attempt + 1).
-    A finished run is never claimed.
+    sweep), or taken over, with attempts left (attempt + 1), when its holder's heartbeat is stale or its holder
+    is `dead_lease` (a lease whose process is known to be gone: `lease_holder_dead`). A finished run is never
+    claimed.
     """
     free = Q(lease__isnull=True)
-    stale = Q(lease__isnull=False, attempt__lt=settings.STEPLENS_RUN_MAX_ATTEMPTS) & (
-        Q(heartbeat_at__lt=_stale_before()) | Q(heartbeat_at__isnull=True)
-    )
+    lost = Q(heartbeat_at__lt=_stale_before()) | Q(heartbeat_at__isnull=True)
+    if dead_lease is not None:
+        lost |= Q(lease=dead_lease)
+    stale = Q(lease__isnull=False, attempt__lt=settings.STEPLENS_RUN_MAX_ATTEMPTS) & lost
     claimed = (
         Run.objects.filter(free | stale, pk=run.pk)
         .exclude(status__in=_FINISHED)

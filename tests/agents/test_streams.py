@@ -1,6 +1,7 @@
 """Run streams that always end and never die of silence; the run sweep that leaves no run or step unfinished."""
 
 import json
+import os
 import threading
 from datetime import timedelta
 
@@ -242,3 +243,27 @@ def test_follow_ends_when_the_run_ends_even_if_nothing_is_published(fresh_stream
     assert next(events) is None
     ended.set()
     assert list(events) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_holder_died_on_this_machine_is_taken_over_at_once(make_agent, scenario):
+    import subprocess
+    import sys
+
+    from agents.loop import run_execute
+    from agents.services import lease_holder_dead, new_lease
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    mine = new_lease()
+    dead = mine.replace(f":{os.getpid()}:", f":{gone.pid}:")
+    assert (lease_holder_dead(dead), lease_holder_dead(mine), lease_holder_dead("elsewhere:1:1:abc")) == (
+        True,
+        False,
+        False,
+    )
+
+    run = _run(make_agent(scenario("openai_chat", [Turn(text="taken over")])))
+    assert run_claim(run=run, lease=dead) is not None  # a fresh heartbeat: the bound alone would make us wait
+    run = run_execute(run_id=run.pk)
+    assert (run.status, run.attempt, run.lease) == (RunStatus.COMPLETED, 2, None)
