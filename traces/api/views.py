@@ -110,12 +110,14 @@ def _status(status: int, message: str, *, content_type: str = JSON, retry_after:
 class OtlpTracesApi(APIView):
     """Accept an OTLP ExportTraceServiceRequest and answer with an ExportTraceServiceResponse.
 
-    200 means the request is committed to the database as one IngestBatch (the durable ingest queue) and will
-    be mapped onto steps by a worker; partial_success carries the spans rejected at accept time (bad ids, times,
-    token counts); rejections found while mapping are recorded on the batch. 400 malformed body, 401 missing or
-    invalid key, 413 body (or inflated body) over the limit, 415 content type or encoding not supported, 503 with
-    Retry-After when the server is saturated, the backlog of unmapped batches is over its limit, or the database
-    is unavailable. Nothing of a rejected request is written.
+    200 means the whole body was received (whatever its framing) and is committed to the database as one
+    IngestBatch (the durable ingest queue), to be mapped onto steps by a worker; partial_success carries the spans
+    rejected at accept time (bad ids, times, token counts) and the attribute values that will be cut to
+    STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES; what mapping finds is recorded on the batch. 400 malformed, empty or too
+    deeply nested body, 401 missing or invalid key, 411 a chunked body the server cannot decode, 413 body,
+    inflated body or span count over its limit, 415 content type or encoding not supported, 503 with Retry-After
+    when the server is saturated, the backlog of unmapped batches is over its limit, or the database is
+    unavailable. Nothing of a rejected request is written.
     """
 
     @extend_schema(**OTLP_TRACES_SCHEMA)
