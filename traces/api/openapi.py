@@ -230,7 +230,16 @@ _RETRY_AFTER = {
 
 # extend_schema(**OTLP_TRACES_SCHEMA) on the view's post.
 OTLP_TRACES_SCHEMA: dict[str, Any] = {
-    "request": {"application/x-protobuf": _PROTOBUF, "application/json": _ref("OtlpExportTraceServiceRequest")},
+    # The JSON body is declared as what the decoder demands, a JSON object: protobuf's JSON parser skips unknown
+    # keys and reads known ones leniently (numbers as strings, booleans as numbers, strings as messages...), so
+    # the components describe the format for people rather than bound what is accepted.
+    "request": {
+        "application/x-protobuf": _PROTOBUF,
+        "application/json": {
+            "type": "object",
+            "description": "An OTLP/JSON ExportTraceServiceRequest: see the OtlpExportTraceServiceRequest schema.",
+        },
+    },
     "responses": {
         (200, "application/x-protobuf"): _PROTOBUF,
         (200, "application/json"): _ref("OtlpExportTraceServiceResponse"),
