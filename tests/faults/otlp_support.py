@@ -58,9 +58,18 @@ class OwnPostgres:
         self.data = self.root / "data"
         self.log = self.root / "server.log"
         self.port = free_port()
-        if self.as_user:
-            shutil.chown(self.root, user="postgres", group="postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", timeout=120)
+        try:
+            if self.as_user:
+                shutil.chown(self.root, user="postgres", group="postgres")
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", timeout=120)
+        except subprocess.CalledProcessError as exc:
+            log = self.root / "initdb.out"
+            output = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise AssertionError(f"initdb failed: {output}") from exc
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def _run(self, tool: str, *args: str, timeout: float = 60) -> None:
         # Output to a file, never a pipe: the server pg_ctl starts inherits it and would hold a pipe open.
