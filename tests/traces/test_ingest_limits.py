@@ -140,6 +140,15 @@ def test_a_body_without_content_length_is_read_to_the_end_of_a_terminated_stream
     assert too_large.value.status_code == 413
 
 
+def test_an_asgi_request_without_content_length_is_read_whole():
+    from django.core.handlers.asgi import ASGIRequest
+
+    body = b"y" * 200_000
+    scope = {"type": "http", "method": "POST", "path": URL, "query_string": b"",
+             "headers": [(b"content-type", PROTOBUF.encode()), (b"transfer-encoding", b"chunked")]}  # fmt: skip
+    assert read_body(ASGIRequest(scope, io.BytesIO(body)), limit=len(body)) == body
+
+
 def test_a_chunked_body_the_server_cannot_terminate_is_411_and_a_short_one_400():
     chunked = _environ_request(b"5\r\nhello\r\n0\r\n\r\n", HTTP_TRANSFER_ENCODING="chunked")
     with pytest.raises(BodyError) as unknown:

@@ -50,9 +50,9 @@ def read_body(request: HttpRequest, *, limit: int) -> bytes:
 
     With Content-Length, that many bytes (413 at once when it announces more than `limit`; 400 when the body ends
     early). Without one (Transfer-Encoding: chunked), the WSGI input stream is read to its end, which gunicorn
-    (and any server setting wsgi.input_terminated) decodes and terminates; reading stops with a 413 as soon as
-    limit + 1 bytes came. A server that cannot terminate the stream gets a 411: reading would block or mistake
-    the chunk framing for the body. An empty body is a 400: a 2xx must never stand for spans not received.
+    (and any server setting wsgi.input_terminated) decodes and terminates, or the ASGI request body; reading stops
+    with a 413 as soon as limit + 1 bytes came. A server that cannot terminate the stream gets a 411: reading
+    would block or mistake the chunk framing for the body. An empty body is a 400: a 2xx must never stand for spans not received.
     """
     too_large = BodyError(f"Body is over the {limit}-byte limit.", status_code=413)
     declared = request.META.get("CONTENT_LENGTH") or ""
@@ -67,8 +67,9 @@ def read_body(request: HttpRequest, *, limit: int) -> bytes:
         body = request.read(expected)
         if len(body) < expected:
             raise BodyError(f"Body ended after {len(body)} of {expected} bytes.", status_code=400)
-    elif request.META.get("wsgi.input_terminated"):
-        stream, pieces, size = request.META["wsgi.input"], [], 0
+    elif request.META.get("wsgi.input_terminated") or "wsgi.input" not in request.META:
+        # gunicorn decodes a chunked body and ends the stream there; under ASGI the request is the whole body.
+        stream, pieces, size = request.META.get("wsgi.input") or request, [], 0
         while piece := stream.read(min(_READ_CHUNK, limit + 1 - size)):
             pieces.append(piece)
             size += len(piece)
