@@ -52,7 +52,8 @@ def read_body(request: HttpRequest, *, limit: int) -> bytes:
     early). Without one (Transfer-Encoding: chunked), the WSGI input stream is read to its end, which gunicorn
     (and any server setting wsgi.input_terminated) decodes and terminates, or the ASGI request body; reading stops
     with a 413 as soon as limit + 1 bytes came. A server that cannot terminate the stream gets a 411: reading
-    would block or mistake the chunk framing for the body. An empty body is a 400: a 2xx must never stand for spans not received.
+    would block or mistake the chunk framing for the body. An empty body is a 400: a 2xx must never stand for
+    spans not received.
     """
     too_large = BodyError(f"Body is over the {limit}-byte limit.", status_code=413)
     declared = request.META.get("CONTENT_LENGTH") or ""
