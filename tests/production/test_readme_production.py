@@ -2,7 +2,8 @@
 
 The commands come from the README's `## Running in production` code block, so the README cannot drift from what
 is tested. Only the values of the variables differ: a PostgreSQL database of the test's own (created on the
-suite's server, dropped at the end), the suite's Redis, a free port on 127.0.0.1, a temporary STATIC_ROOT and
+suite's server, dropped at the end), a broker of the kind the README names (a RabbitMQ node of the test's own, or
+the suite's Redis), the suite's Redis for the relay, a free port on 127.0.0.1, a temporary STATIC_ROOT and
 beat schedule, one gunicorn worker process (so a stream that held its process would block every other request)
 and a model silence longer than gunicorn's timeout, kept short so the test takes about a minute.
 """
@@ -12,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -26,6 +26,8 @@ import psycopg
 import pytest
 import requests
 from django.db import connection
+
+from tests.faults.runs_support import OwnRabbit, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = (".venv/bin/gunicorn", ".venv/bin/celery")  # long-running: started, then stopped at the end
@@ -49,12 +51,6 @@ def readme_environment(exports: list[str], *, base: dict[str, str]) -> dict[str,
     script = "\n".join([*exports, "env -0"])
     result = subprocess.run(["bash", "-c", script], env=base, cwd=REPO, capture_output=True, timeout=60, check=True)
     return dict(item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -132,16 +128,40 @@ def _wait_until_served(url: str, *, services: list[subprocess.Popen], logs: dict
 
 
 @pytest.fixture
-def deployment(production_database, redis_url, tmp_path) -> Iterator[Deployment]:
+def readme_broker(request) -> Iterator[str]:
+    """A broker of the kind the README's block names: a RabbitMQ node of the test's own (nobody else's workers
+    share its queues), or the suite's Redis."""
+    line = next((line for line in readme_production_block() if line.startswith("export CELERY_BROKER_URL=")), "")
+    assert line, "the README's production block does not set CELERY_BROKER_URL"
+    if not line.split("=", 1)[1].startswith("amqp://"):
+        yield request.getfixturevalue("redis_url")
+        return
+    rabbit = OwnRabbit()
+    try:
+        rabbit.start()
+        yield rabbit.url
+    finally:
+        rabbit.destroy()
+
+
+@pytest.fixture
+def deployment(production_database, readme_broker, redis_url, tmp_path) -> Iterator[Deployment]:
     """Every line of the README's block run as written; the services stay up for the test."""
     lines = readme_production_block()
     exports = [line for line in lines if line.startswith("export ")]
     commands = [line for line in lines if not line.startswith("export ")]
-    environment = readme_environment(exports, base=dict(os.environ))
-    port = _free_port()
+    # The suite's own settings stay out: what the processes see is the README's block and the values below.
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("DJANGO_", "CELERY_", "STEPLENS_", "OTEL_", "GUNICORN_"))
+        and name not in {"DATABASE_URL", "REDIS_URL", "CACHE_URL", "STATIC_ROOT"}
+    }
+    environment = readme_environment(exports, base=inherited)
+    port = free_port()
     substitutes = {
         "DATABASE_URL": production_database,
-        "CELERY_BROKER_URL": redis_url,
+        "CELERY_BROKER_URL": readme_broker,
         "REDIS_URL": redis_url,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
     }
