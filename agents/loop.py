@@ -206,15 +206,31 @@ def pending_tool_calls(*, run: Run) -> _Pending:
 
 
 class _Publisher:
+    """Sends a run's events to its stream; a stream backend that is down never fails or slows the run.
+
+    After a failed publish the next events are dropped without trying for `_PAUSE_SECONDS` (each try against a
+    Redis that is restarting costs its connect retries), then publishing resumes.
+    """
+
+    _PAUSE_SECONDS = 2.0
+
     def __init__(self, run: Run) -> None:
         self.run_id = run.pk
         self.stream = get_run_stream()
+        self._paused_until = 0.0
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        if time.monotonic() < self._paused_until:
+            return
+        try:
+            self.stream.publish(self.run_id, event)
+        except Exception:  # a lost stream relay must not fail the run: the database has everything
+            self._paused_until = time.monotonic() + self._PAUSE_SECONDS
+            logger.warning("could not publish %s for %s", event.get("message_type") or event.get("type"),
+                           self.run_id, exc_info=True)  # fmt: skip
 
     def __call__(self, message_type: str, **payload: Any) -> None:
-        try:
-            self.stream.publish(self.run_id, {"message_type": message_type, "run_id": self.run_id, **payload})
-        except Exception:  # a lost stream relay must not fail the run: the database has everything
-            logger.warning("could not publish %s for %s", message_type, self.run_id, exc_info=True)
+        self._publish({"message_type": message_type, "run_id": self.run_id, **payload})
 
     def chunk(self, chunk: StreamChunk, *, step_id: str, otid: str) -> None:
         if chunk.kind == "text":
@@ -235,10 +251,8 @@ class _Publisher:
             )
 
     def done(self) -> None:
-        try:
-            self.stream.publish(self.run_id, {"type": DONE, "run_id": self.run_id})
-        except Exception:  # readers also end a stream from the run's final row (agents.api.sse.relay)
-            logger.warning("could not close the stream of %s", self.run_id, exc_info=True)
+        self._paused_until = 0.0  # always try to close the stream (readers also end it from the run's final row)
+        self._publish({"type": DONE, "run_id": self.run_id})
 
 
 # --- tools ------------------------------------------------------------------------------------
