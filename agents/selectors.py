@@ -43,6 +43,9 @@ def run_get(*, organization: Organization, run_id: str) -> Run:
 
 
 def run_stream_ended(*, run_id: str) -> bool:
-    """Has the run stopped for now (finished, or paused for an approval)? Its stream has nothing more to wait for."""
-    ended = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.PAUSED)
+    """Has the run finished? Its stream has nothing more to wait for.
+
+    A paused run has not: an approval resumes it on the same stream (after the `done` that closed its pause).
+    """
+    ended = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
     return Run.objects.filter(pk=run_id, status__in=ended).exists()

@@ -273,3 +273,29 @@ def test_a_run_whose_holder_died_on_this_machine_is_taken_over_at_once(make_agen
     assert run_claim(run=run, lease=dead) is not None  # a fresh heartbeat: the bound alone would make us wait
     run = run_execute(run_id=run.pk)
     assert (run.status, run.attempt, run.lease) == (RunStatus.COMPLETED, 2, None)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_paused_run_streamed_past_its_pause_waits_for_the_approval_and_then_ends(
+    api_client, make_agent, scenario, settings, fresh_stream
+):
+    from agents.providers import ToolCallSpec
+
+    settings.STEPLENS_SSE_PING_SECONDS = 0.05
+    call = ToolCallSpec(name="issue_refund", arguments={"order_id": "P", "amount": 2}, id="call_p")
+    agent = make_agent(
+        scenario("openai_chat", [Turn(tool_calls=[call]), Turn(text="Refunded.")]), tools=["issue_refund"]
+    )
+    paused = api_client.post(f"/v1/agents/{agent.pk}/messages", USER, format="json").json()
+    assert paused["stop_reason"] == "requires_approval"
+    last_seq = fresh_stream.last(paused["run_id"])["seq_id"]
+
+    chunks = iter(api_client.get(f"/v1/runs/{paused['run_id']}/stream?starting_after={last_seq}").streaming_content)
+    assert next(chunks) == b": ping\n\n"  # paused is not finished: the stream waits
+    approved = api_client.post(
+        f"/v1/runs/{paused['run_id']}/approvals", {"tool_call_id": "call_p", "approve": True}, format="json"
+    )
+    assert approved.json()["status"] == "completed"
+    rest = b"".join(chunks).decode()
+    assert "Refunded." in rest and '"stop_reason": "end_turn"' in rest
+    assert rest.endswith("data: [DONE]\n\n")
