@@ -205,7 +205,7 @@ def test_approval_for_an_unknown_call_is_rejected(scenario, make_agent):
     run = _run(make_agent(handle, tools=["issue_refund"]))
     with pytest.raises(ApplicationError) as info:
         run_decide_approval(run=run, tool_call_id="nope", approve=True)
-    assert info.value.status_code == 400
+    assert (info.value.status_code, info.value.code) == (409, "conflict")  # the run awaits another call
 
 
 @pytest.mark.django_db(transaction=True)
