@@ -433,7 +433,7 @@ def runs_recover_stale() -> StaleRuns:
       fail as `worker_lost` and, with attempts left, the run is released and sent to a worker again (which
       resumes it after its last finished step); otherwise it fails with stop reason `error`.
     - A created run older than that bound may have lost its task with the broker: it is sent again (a duplicate
-      task finds the run claimed or finished and does nothing), at most once per bound.
+      task finds the run claimed or finished and does nothing), then again each time its age doubles.
     Each run is taken by one conditional UPDATE on the heartbeat it was read with, so concurrent sweeps act once.
     """
     cutoff = _stale_before()
@@ -457,8 +457,11 @@ def runs_recover_stale() -> StaleRuns:
         Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=cutoff)
     )
     for run in queued:
+        # The next re-send waits until the run's age doubles: a long queue gets a few duplicates, not one a bound.
+        now = timezone.now()
+        wait = max(now - run.created_at, timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS))
         if Run.objects.filter(pk=run.pk, status=RunStatus.CREATED, heartbeat_at=run.heartbeat_at).update(
-            heartbeat_at=timezone.now()
+            heartbeat_at=now + wait - timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS)
         ):
             run_enqueue(run=run)
             outcome.requeued += 1

@@ -299,3 +299,18 @@ def test_a_paused_run_streamed_past_its_pause_waits_for_the_approval_and_then_en
     rest = b"".join(chunks).decode()
     assert "Refunded." in rest and '"stop_reason": "end_turn"' in rest
     assert rest.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.django_db
+def test_a_queued_run_is_resent_again_only_when_its_age_doubles(make_agent, monkeypatch, settings):
+    sent = []
+    monkeypatch.setattr("agents.services.run_enqueue", lambda *, run: sent.append(run.pk))
+    run = _run(make_agent("scripted/echo"))
+    Run.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(minutes=10))
+
+    assert runs_recover_stale().requeued == 1
+    assert runs_recover_stale().requeued == 0  # just re-sent
+    run.refresh_from_db()
+    next_send = run.heartbeat_at + timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS)
+    assert timedelta(minutes=9) < next_send - timezone.now() <= timedelta(minutes=10)
+    assert sent == [run.pk]
