@@ -527,3 +527,40 @@ def test_openapi_schema_describes_every_query_endpoint(client):
     assert {"agent_id", "tags", "tags_match", "start", "end", "min_ttft_ms", "cursor", "limit", "order"} <= list_params
     assert "ApiKeyAuth" in schema["components"]["securitySchemes"]
     assert "TypedMessage" in schema["components"]["schemas"]
+
+
+def test_migration_rebuilds_the_error_rollup_rows_that_counted_cancelled_steps(organization):
+    import importlib
+    from types import SimpleNamespace
+
+    from django.apps import apps
+    from django.db import connection
+
+    from steps.models import ErrorRollupDay, ErrorRollupHour
+
+    migration = importlib.import_module("steps.migrations.0006_error_rollups_failed_only")
+    agent = AgentFactory(organization=organization)
+    other = OrganizationFactory()
+    t = datetime(2026, 3, 2, 8, 15, tzinfo=UTC)
+    StepFactory(agent=agent, status="cancelled", error_type="cancelled", created_at=t)
+    StepFactory(agent=agent, status="failed", error_type="cancelled", created_at=t)  # an ingested span can say so
+    StepFactory(agent=agent, status="failed", error_type="cancelled", created_at=t + timedelta(hours=2))
+    StepFactory(agent=agent, status="failed", error_type="rate_limit", created_at=t)
+    StepFactory(agent=AgentFactory(organization=other), status="cancelled", error_type="cancelled", created_at=t)
+    step_rollups_rebuild(organization=organization)
+    step_rollups_rebuild(organization=other)
+    truth = _error_rollups(organization), _error_rollups(other)
+    assert sum(row[4] for row in truth[0][1]) == 3  # two 'cancelled' failures and one rate limit
+    assert truth[1] == [[], []]
+    # What the old write path left: the cancelled steps counted under their error type, in both organizations.
+    for model, bucket in ((ErrorRollupHour, t.replace(minute=0)), (ErrorRollupDay, t.replace(hour=0, minute=0))):
+        model.objects.filter(organization=organization, error_type="cancelled").update(count=99)
+        model.objects.create(
+            organization=other, bucket=bucket, error_type="cancelled", agent_id="x", count=1,
+            first_seen=t, last_seen=t, example_step_id="step-x",
+        )  # fmt: skip
+
+    # The function reads only the editor's connection (SQLite's editor cannot open inside a test transaction).
+    migration.rebuild_cancelled_error_rows(apps, SimpleNamespace(connection=connection))
+
+    assert (_error_rollups(organization), _error_rollups(other)) == truth
