@@ -63,3 +63,14 @@ class ModelRows:
 def placeholders(values: Sequence[Any]) -> str:
     """`%s, %s, ...` for an IN list of these values."""
     return ", ".join(["%s"] * len(values))
+
+
+def connection_release() -> None:
+    """Close this thread's database connection unless a transaction holds it.
+
+    For long-lived responses (an SSE stream waiting on Redis for minutes): with persistent connections
+    (`DATABASE_CONN_MAX_AGE`) an idle stream would otherwise keep one of PostgreSQL's `max_connections` for its
+    whole life, so `workers x threads` open streams could exhaust them. The next query opens a new connection.
+    """
+    if not connection.in_atomic_block:
+        connection.close()

@@ -14,6 +14,7 @@ from agents.loop import run_end_events
 from agents.models import Run
 from agents.selectors import run_stream_ended
 from agents.streams import DONE, MAX_SEQ_ID, follow, stream_closed
+from config.db import connection_release
 from config.errors import ApplicationError
 
 
@@ -31,7 +32,14 @@ def relay(run_id: str, *, after: int = 0) -> Iterator[str]:
     usage) unless the stream already carried it, then `[DONE]`.
     """
     idle_ms = int(settings.STEPLENS_SSE_PING_SECONDS * 1000)
-    for event in follow(run_id, after=after, idle_ms=idle_ms, run_ended=lambda: run_stream_ended(run_id=run_id)):
+
+    def run_ended() -> bool:
+        # The stream waits on Redis between these checks: it holds no database connection while it waits.
+        ended = run_stream_ended(run_id=run_id)
+        connection_release()
+        return ended
+
+    for event in follow(run_id, after=after, idle_ms=idle_ms, run_ended=run_ended):
         if event is None:
             yield ": ping\n\n"
         elif event.get("type") == DONE:

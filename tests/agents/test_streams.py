@@ -314,3 +314,19 @@ def test_a_queued_run_is_resent_again_only_when_its_age_doubles(make_agent, monk
     next_send = run.heartbeat_at + timedelta(seconds=settings.STEPLENS_STALE_RUN_SECONDS)
     assert timedelta(minutes=9) < next_send - timezone.now() <= timedelta(minutes=10)
     assert sent == [run.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_stream_holds_no_database_connection(api_client, make_agent, settings, fresh_stream):
+    """workers x threads idle streams must not pin as many PostgreSQL connections: each wait starts without one."""
+    from django.db import connection
+
+    settings.STEPLENS_SSE_PING_SECONDS = 0.05
+    run = _run(make_agent("scripted/echo"))  # queued: the stream waits
+    chunks = iter(api_client.get(f"/v1/runs/{run.pk}/stream").streaming_content)
+    assert next(chunks) == b": ping\n\n"
+    if connection.vendor != "sqlite":  # Django keeps an in-memory test database open on purpose
+        assert connection.connection is None
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, stop_reason=StopReason.END_TURN)
+    rest = b"".join(chunks).decode()
+    assert '"stop_reason": "end_turn"' in rest and rest.endswith("data: [DONE]\n\n")
