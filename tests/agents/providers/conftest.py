@@ -18,16 +18,17 @@ from agents.providers.transport import InMemoryTransport, WireResponse
 from steps.content import MessageIn, TextContent
 from tests.conftest import IN_CI, require_service
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-RECORDINGS = REPO_ROOT.parent / "shared" / "recordings"
+# A copy of the project's recorded provider responses lives in the repository (tests/recordings, MIT, see its
+# README), so a fresh clone runs these tests with nothing beside it.
+RECORDINGS = Path(__file__).resolve().parents[2] / "recordings"
 
 
 def manifest_cases() -> list[dict[str, Any]]:
-    """The recorded cases of ../shared/recordings/manifest.json (empty when it is not there)."""
+    """The recorded cases of tests/recordings/manifest.json (empty when it is not there)."""
     manifest = RECORDINGS / "manifest.json"
     if not manifest.is_file():
         if IN_CI:  # the recordings are the point of these tests: CI must not pass them vacuously
-            raise RuntimeError(f"recordings not found at {RECORDINGS} (CI has ../shared beside the checkout)")
+            raise RuntimeError(f"recordings not found at {RECORDINGS}")
         return []
     return json.loads(manifest.read_text())["cases"]
 

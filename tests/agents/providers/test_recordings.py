@@ -1,4 +1,4 @@
-"""Every recorded case in ../shared/recordings gives exactly the expected usage, finish reason and tool calls."""
+"""Every recorded case in tests/recordings gives exactly the expected usage, finish reason and tool calls."""
 
 from __future__ import annotations
 
