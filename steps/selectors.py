@@ -77,6 +77,14 @@ def step_messages(
     )  # fmt: skip
 
 
+def run_messages(*, run_id: str, role: str | None = None, newest_first: bool = False) -> QuerySet[Message]:
+    """The messages stored for a run's steps (only `role`'s, when given), in sequence order or newest first."""
+    messages = Message.objects.filter(run_id=run_id)
+    if role is not None:
+        messages = messages.filter(role=role)
+    return messages.order_by("-sequence_id" if newest_first else "sequence_id")
+
+
 def step_metrics_get(*, organization: Organization, step_id: str) -> StepMetrics:
     """A step's timings; a step that has none yet gets an empty (all null) StepMetrics, not a 404."""
     step = step_get(organization=organization, step_id=step_id)

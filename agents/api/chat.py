@@ -17,81 +17,12 @@ from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
 from agents import selectors, services
+from agents.api.serializers import CHAT_ROLES, ChatRequestSerializer
 from agents.api.sse import sse_response
 from agents.loop import run_usage
 from agents.models import Run, RunStatus, StopReason
 from agents.streams import DONE, follow
-from config.errors import ApplicationError
-from steps.models import Message
-
-_ROLES = {"system", "user", "assistant"}
-
-
-def _bad(param: str, message: str) -> ApplicationError:
-    return ApplicationError(message, extra={param: message})
-
-
-def _content_parts(content: Any, where: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}]
-    if not isinstance(content, list) or not content:
-        raise _bad(where, f"{where} must be a string or a non-empty list of content parts")
-    parts = []
-    for index, part in enumerate(content):
-        if (
-            not isinstance(part, dict)
-            or not isinstance(part.get("type"), str)
-            or part["type"] not in {"text", "image_url"}
-        ):
-            raise _bad(f"{where}.{index}", f"{where}.{index} must be a text or image_url part")
-        if part["type"] == "text":
-            if not isinstance(part.get("text"), str):
-                raise _bad(f"{where}.{index}.text", f"{where}.{index}.text must be a string")
-            parts.append({"type": "text", "text": part["text"]})
-        else:
-            url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
-            if not isinstance(url, str):
-                raise _bad(f"{where}.{index}.image_url.url", f"{where}.{index}.image_url.url must be a string")
-            parts.append({"type": "image", "source": {"type": "url", "url": url}})
-    return parts
-
-
-def parse_chat_request(body: Any) -> tuple[str, list[dict[str, Any]], bool, bool]:
-    """Validate an OpenAI chat request: (agent name, messages, stream, include_usage); precise 400s otherwise."""
-    if not isinstance(body, dict):
-        raise _bad("body", "the body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise _bad("model", "model is required and must name a Steplens agent")
-    if "messages" not in body:
-        raise _bad("messages", "messages is required")
-    raw = body["messages"]
-    if not isinstance(raw, list):
-        raise _bad("messages", "messages must be a list")
-    if not raw:
-        raise _bad("messages", "messages must not be empty")
-    messages = []
-    for index, message in enumerate(raw):
-        where = f"messages.{index}"
-        if not isinstance(message, dict):
-            raise _bad(where, f"{where} must be an object")
-        role = message.get("role")
-        if not isinstance(role, str) or role not in _ROLES:
-            raise _bad(f"{where}.role", f"{where}.role must be one of {sorted(_ROLES)} (tools run inside the agent)")
-        if "content" not in message or message["content"] is None:
-            raise _bad(f"{where}.content", f"{where}.content is required")
-        messages.append({"role": role, "content": _content_parts(message["content"], f"{where}.content")})
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("stream", "stream must be a boolean")
-    options = body.get("stream_options")
-    options = {} if options is None else options
-    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-        raise _bad("stream_options", "stream_options must be an object whose include_usage is a boolean")
-    include_usage = options.get("include_usage", False)
-    if not isinstance(body.get("user"), str | None):
-        raise _bad("user", "user must be a string")
-    return model, messages, stream, include_usage
+from steps.selectors import run_messages
 
 
 def _finish_reason(run: Run) -> str:
@@ -112,7 +43,7 @@ def _usage(run: Run) -> dict[str, Any]:
 
 def _reply_text(run: Run) -> str:
     """What the agent said: its last text answer, or the message it sent through send_message."""
-    for message in Message.objects.filter(run=run, role="assistant").order_by("-sequence_id"):
+    for message in run_messages(run_id=run.pk, role="assistant", newest_first=True):
         for call in message.tool_calls or []:
             if call["function"]["name"] == "send_message":
                 try:
@@ -194,7 +125,7 @@ _CONTENT_PART = {
         },
     ]
 }
-# What parse_chat_request accepts (the OpenAI request format, the parts Steplens uses; other keys are ignored).
+# What ChatRequestSerializer accepts (the OpenAI request format, the parts Steplens uses; other keys are ignored).
 CHAT_REQUEST_SCHEMA = {
     "type": "object",
     "properties": {
@@ -205,7 +136,7 @@ CHAT_REQUEST_SCHEMA = {
             "items": {
                 "type": "object",
                 "properties": {
-                    "role": {"type": "string", "enum": sorted(_ROLES)},
+                    "role": {"type": "string", "enum": list(CHAT_ROLES)},
                     "content": {
                         "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": _CONTENT_PART}]
                     },
@@ -291,19 +222,22 @@ class ChatCompletionsApi(APIView):
         extensions={"x-error-statuses": [404], "x-request-body-required": True},
     )
     def post(self, request: Request):
-        model, messages, stream, include_usage = parse_chat_request(request.data)
+        serializer = ChatRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        model = data["model"]
         organization = request_organization(request)
         agent = selectors.agent_find(organization=organization, name_or_id=model)
         run = services.run_start(
             organization=organization,
             agent=agent,
-            messages=messages,
+            messages=[dict(message) for message in data["messages"]],
             request_id=request._request.request_id,
-            user_id=request.headers.get("X-User-ID") or (request.data.get("user") or None),
+            user_id=request.headers.get("X-User-ID") or data["user"] or None,
         )
-        if stream:
+        if data["stream"]:
             services.run_dispatch(run=run, wait=False)
-            return sse_response(_stream(run, model, include_usage), request_id=run.request_id)
+            return sse_response(_stream(run, model, data["include_usage"]), request_id=run.request_id)
         services.run_dispatch(run=run, wait=True)
         run = services.run_wait(run=run, timeout=settings.STEPLENS_SYNC_WAIT_SECONDS)
         return Response(_completion(run, model))

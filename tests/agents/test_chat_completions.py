@@ -56,6 +56,14 @@ def test_official_client_streams_a_reply(openai_client, make_agent, scenario):
         ({"model": "greeter", "messages": [{"role": "user", "content": 42}]}, "messages.0.content"),
         ({"model": "greeter", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "messages.0.content.0"),
         ({"messages": USER}, "model"),
+        ([USER], "body"),
+        ({"model": "greeter", "messages": ["hi"]}, "messages.0"),
+        (
+            {"model": "greeter", "messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content.0.image_url.url",
+        ),
+        ({"model": "greeter", "messages": USER, "stream": None}, "stream"),
+        ({"model": "greeter", "messages": USER, "stream_options": {"include_usage": "yes"}}, "stream_options"),
     ],
 )
 def test_bad_chat_requests_get_precise_400s(api_client, make_agent, body, field):
