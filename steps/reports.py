@@ -61,20 +61,8 @@ USAGE_GROUPS = {
     "day": "day",
     "week": "week",
 }
-# group_by name -> key in a report row.
-OUTPUT_KEYS = {
-    "model": "model",
-    "model_handle": "model_handle",
-    "provider": "provider",
-    "agent": "agent_id",
-    "project": "project_id",
-    "run": "run_id",
-    "user": "user_id",
-    "conversation": "conversation_id",
-    "hour": "hour",
-    "day": "day",
-    "week": "week",
-}
+# group_by name -> key in a report row: the step column's name, but "provider" rather than "provider_name".
+OUTPUT_KEYS = {**USAGE_GROUPS, "provider": "provider"}
 ROLLUP_GROUPS = frozenset({"model", "model_handle", "provider", "agent", "project", "hour", "day", "week"})
 ERROR_GROUPS = {"provider": "provider_name", "model": "model", "agent": "agent_id", "day": "day"}
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))

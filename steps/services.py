@@ -191,7 +191,8 @@ def _usage_values(step: Step, usage: Usage, *, model: str | None) -> dict[str, A
     }
 
 
-_METRIC_FIELDS = [f.name for f in fields(StepMetricsIn)]
+# The StepMetrics columns, named as in StepMetricsIn: both write paths (one step, bulk) copy exactly these.
+_METRIC_FIELDS = tuple(f.name for f in fields(StepMetricsIn))
 
 
 def _timing_values(metrics: StepMetricsIn | None) -> dict[str, Any]:
@@ -669,7 +670,6 @@ def _rollup_upsert(model: type, columns: list[str], sql: str, rows: list[dict[st
     )
 
 
-_METRIC_FIELDS = tuple(f.name for f in fields(StepMetricsIn))
 _MESSAGE_COLUMNS = (
     "id", "organization_id", "agent_id", "run_id", "step_id", "role", "content", "name", "tool_calls",
     "tool_call_id", "tool_returns", "otid", "is_err", "sequence_id", "created_at",
