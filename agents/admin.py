@@ -1,20 +1,17 @@
-"""Admin for agents and runs; a run's page is its waterfall (steps and tool calls on one time axis)."""
+"""Admin registrations for agents and runs. The console app (console/admin.py) adds the run page (its waterfall)
+and the links into the steps list on top of these classes."""
 
 from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest, HttpResponse
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.http import HttpRequest
 
 from agents.models import Agent, Run
 from agents.services import model_handle_validate
 from agents.tools import validate_tool_names
 from config.errors import ApplicationError
-from steps.admin_changelist import StepPaginator
-from steps.admin_views import run_detail_view, steps_url
 
 
 class AgentForm(forms.ModelForm):
@@ -43,14 +40,10 @@ class AgentForm(forms.ModelForm):
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     form = AgentForm
-    list_display = ["name", "model_handle", "organization", "max_steps", "created_at", "deleted_at", "steps"]
+    list_display = ["name", "model_handle", "organization", "max_steps", "created_at", "deleted_at"]
     list_filter = ["organization", "model_handle"]
     search_fields = ["name", "id"]
     list_select_related = ["organization"]
-
-    @admin.display(description="steps")
-    def steps(self, obj: Agent) -> SafeString:
-        return format_html('<a href="{}">steps →</a>', steps_url(organization=obj.organization_id, agent_id=obj.pk))
 
 
 @admin.register(Run)
@@ -62,19 +55,13 @@ class RunAdmin(admin.ModelAdmin):
     list_select_related = ["agent"]
     raw_id_fields = ["agent"]
     show_full_result_count = False
-    paginator = StepPaginator
 
-    # Runs are written by the agent loop and the ingest; the page shows the waterfall instead of a form.
+    # Runs are written by the agent loop and the ingest only.
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
-    ) -> HttpResponse:
-        return run_detail_view(self, request, object_id)
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         # Exact matches use the indexes (the admin's `=` compares UPPER() values and scans).

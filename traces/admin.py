@@ -1,35 +1,26 @@
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
 
-from steps.admin_changelist import StepPaginator
-from steps.admin_views import step_url
 from traces.models import IngestBatch, ProviderTrace
 from traces.services import trace_batches_retry
 
 
 @admin.register(ProviderTrace)
 class ProviderTraceAdmin(admin.ModelAdmin):
-    """Raw provider requests and responses; the step page shows them pretty-printed next to the conversation."""
+    """Raw provider requests and responses; the console's step page shows them pretty-printed next to the chat."""
 
-    list_display = ["step_link", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
+    list_display = ["step_id", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
     list_filter = ["provider", "error_type"]
     search_fields = ["=step__id"]
     search_help_text = "Exact step id."
     raw_id_fields = ["step"]
     show_full_result_count = False
-    paginator = StepPaginator
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
         # Exact, so the (step, attempt) index answers (the admin's `=` compares UPPER() values).
         term = search_term.strip()
         return (queryset.filter(step_id=term), False) if term else (queryset, False)
-
-    @admin.display(description="step")
-    def step_link(self, obj: ProviderTrace) -> SafeString:
-        return format_html('<a href="{}#provider-trace">{}</a>', step_url(obj.step_id), obj.step_id)
 
 
 @admin.register(IngestBatch)

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "agents",
     "steps",
     "traces",
+    "console",  # last: its admin replaces the apps' model admins with its pages (console/admin.py)
 ]
 
 MIDDLEWARE = [

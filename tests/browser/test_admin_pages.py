@@ -3,7 +3,7 @@
 import json
 from decimal import Decimal
 
-from steps.dashboard import period_get
+from console.dashboard import period_get
 from steps.models import Step
 from steps.reports import usage_report
 from tests.browser.conftest import screenshot

@@ -14,7 +14,7 @@ from django.db.models import QuerySet, Sum
 
 from accounts.models import Organization
 from agents.models import Agent, Run
-from steps.charts import Span
+from console.charts import Span
 from steps.models import Message, Step, StepMetrics, StepRollupDay, StepStatus
 from steps.rendering import render_messages
 from steps.selectors import run_usage, step_queryset

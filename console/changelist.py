@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from agents.models import StopReason
-from steps.admin_selectors import (
+from console.selectors import (
     CountResult,
     capped_count,
     dimension_choices,

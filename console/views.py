@@ -3,7 +3,7 @@
 URLs: /admin/dashboard/ and /admin/errors/ (added to the admin site by `install_admin_urls`),
 the step page at /admin/steps/step/<id>/change/ (with a POST to .../feedback/), and the run page at
 /admin/agents/run/<id>/change/. Reads go through steps.reports, steps.selectors, traces.selectors
-and steps.admin_selectors; the only write (feedback and tags) goes through steps.services.
+and console.selectors; the only write (feedback and tags) goes through steps.services.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -20,8 +20,10 @@ from django.urls import path, reverse
 from accounts.models import Organization
 from agents.models import Agent, Run
 from config.errors import ApplicationError
-from steps import charts
-from steps.admin_selectors import (
+from console import charts
+from console.charts import BarChart, HBarRow, Series
+from console.dashboard import PERIODS, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
+from console.selectors import (
     chat_items,
     dimension_choices,
     organization_default,
@@ -32,8 +34,6 @@ from steps.admin_selectors import (
     step_organization,
     step_phases,
 )
-from steps.charts import BarChart, HBarRow, Series
-from steps.dashboard import PERIODS, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
 from steps.models import Feedback, StepMetrics
 from steps.selectors import step_get, step_queryset
 from steps.services import step_set_feedback
