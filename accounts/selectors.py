@@ -3,6 +3,7 @@
 from datetime import timedelta
 
 from django.db import connection
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import ApiKey, Organization
@@ -14,6 +15,11 @@ _LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 _API_KEY, _ORGANIZATION = ModelRows(ApiKey), ModelRows(Organization)
+
+
+def organization_list() -> QuerySet[Organization]:
+    """Every organization, by name (the console's organization menus; tenants are few)."""
+    return Organization.objects.order_by("name")
 
 
 def api_key_authenticate(*, raw_key: str) -> ApiKey | None:

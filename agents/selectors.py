@@ -26,6 +26,22 @@ def agent_find(*, organization: Organization, name_or_id: str) -> Agent:
     return agent
 
 
+def agent_choices(*, organization: Organization, limit: int = 500) -> list[tuple[str, str]]:
+    """(id, name) of `organization`'s agents by name, deleted ones included: their steps are still there."""
+    return list(Agent.objects.filter(organization=organization).order_by("name").values_list("pk", "name")[:limit])
+
+
+def agent_tags(*, organization_id: str | None = None) -> list[str]:
+    """Tags agents put on their steps (scanning step tags would read every row)."""
+    agents = Agent.objects.filter(deleted_at__isnull=True)
+    if organization_id:
+        agents = agents.filter(organization_id=organization_id)
+    tags: set[str] = set()
+    for values in agents.values_list("tags", flat=True)[:2000]:
+        tags.update(str(tag) for tag in values or [])
+    return sorted(tags)[:100]
+
+
 def run_list(*, organization: Organization, agent_id: str | None = None, status: str | None = None) -> QuerySet[Run]:
     runs = Run.objects.filter(organization=organization).select_related("agent").order_by("-created_at", "-id")
     if agent_id:
@@ -40,6 +56,11 @@ def run_get(*, organization: Organization, run_id: str) -> Run:
     if run is None:
         raise NotFound("Run not found.")
     return run
+
+
+def run_organization(*, run_id: str) -> Organization | None:
+    """The organization a run belongs to (the console spans organizations; the selectors take one)."""
+    return Organization.objects.filter(runs__pk=run_id).first()
 
 
 def run_stream_ended(*, run_id: str) -> bool:

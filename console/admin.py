@@ -17,7 +17,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from accounts.models import Organization
+from accounts.selectors import organization_list
 from agents.admin import AgentAdmin, RunAdmin
 from agents.models import Agent, Run
 from console.changelist import (
@@ -146,7 +146,7 @@ class StepConsoleAdmin(StepAdmin):
     def get_paginator(self, request: HttpRequest, queryset: QuerySet, per_page: int, orphans: int = 0, **kwargs: Any):
         merge = None
         if not request.GET.get(ORGANIZATION_PARAM) and tuple(queryset.query.order_by)[:2] == ("-created_at", "-id"):
-            merge = list(Organization.objects.values_list("pk", flat=True)[:51])
+            merge = list(organization_list().values_list("pk", flat=True)[:51])
         return StepPaginator(queryset, per_page, orphans=orphans, merge_organizations=merge)
 
     def get_urls(self) -> list:

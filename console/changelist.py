@@ -20,17 +20,13 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 
-from accounts.models import Organization
+from accounts.selectors import organization_list
 from agents.models import StopReason
-from console.selectors import (
-    CountResult,
-    capped_count,
-    dimension_choices,
-    error_type_choices,
-    tag_choices,
-)
+from agents.selectors import agent_tags
+from console.selectors import CountResult, capped_count
 from steps.filters import METADATA_PREFIX, StepFilterSet, filter_errors
 from steps.models import Feedback, StepStatus
+from steps.selectors import step_dimension_values, step_error_types
 
 COUNT_CAP = 10_000
 # OFFSET pagination reads every row it skips: past this many, the list asks for a narrower date range instead.
@@ -112,7 +108,7 @@ class OrganizationFilter(admin.SimpleListFilter):
     parameter_name = ORGANIZATION_PARAM
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(Organization.objects.order_by("name").values_list("pk", "name")[:500])
+        return list(organization_list().values_list("pk", "name")[:500])
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(organization_id=self.value()) if self.value() else queryset
@@ -131,7 +127,7 @@ class ProviderFilter(FilterSetListFilter):
     parameter_name = "provider"
 
     def lookups(self, request, model_admin):
-        values = dimension_choices(column="provider_name", organization_id=self.organization_id)
+        values = step_dimension_values(column="provider_name", organization_id=self.organization_id)
         return [(v, v) for v in values]
 
 
@@ -140,7 +136,7 @@ class ModelFilter(FilterSetListFilter):
     parameter_name = "model_handle"
 
     def lookups(self, request, model_admin):
-        values = dimension_choices(column="model_handle", organization_id=self.organization_id)
+        values = step_dimension_values(column="model_handle", organization_id=self.organization_id)
         return [(v, v) for v in values]
 
 
@@ -157,7 +153,7 @@ class ErrorTypeFilter(FilterSetListFilter):
     parameter_name = "error_type"
 
     def lookups(self, request, model_admin):
-        return [(v, v) for v in error_type_choices(organization_id=self.organization_id)]
+        return [(v, v) for v in step_error_types(organization_id=self.organization_id)]
 
 
 class FeedbackFilter(FilterSetListFilter):
@@ -186,7 +182,7 @@ class TagsFilter(FilterSetListFilter):
     template = "admin/steps/step/text_filter.html"
 
     def lookups(self, request, model_admin):
-        return [(v, v) for v in tag_choices(organization_id=self.organization_id)]
+        return [(v, v) for v in agent_tags(organization_id=self.organization_id)]
 
     def has_output(self) -> bool:
         return True

@@ -1,7 +1,8 @@
-"""Reads the admin pages need on top of steps.selectors: filter choices, a step's conversation and
-timeline, a run's waterfall, and counts that stay fast at millions of rows.
+"""What the console's pages make of the apps' selectors: a step's chat and phases, a run's waterfall, the
+steps related to a step, and counts that stay fast at millions of rows (on any changelist's queryset).
 
-Every query narrows by the same StepFilterSet as the REST API where it filters steps at all.
+Records are read through steps.selectors, agents.selectors and accounts.selectors; the steps they filter
+go through the same StepFilterSet as the REST API.
 """
 
 import json
@@ -10,77 +11,20 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connections
-from django.db.models import QuerySet, Sum
+from django.db.models import QuerySet
 
 from accounts.models import Organization
-from agents.models import Agent, Run
+from agents.models import Run
 from console.charts import Span
-from steps.models import Message, Step, StepMetrics, StepRollupDay, StepStatus
+from steps.models import Message, Step, StepMetrics, StepStatus
 from steps.rendering import render_messages
-from steps.selectors import run_usage, step_queryset
+from steps.selectors import run_tool_call_names, run_usage, step_queryset
 
-CONVERSATION_LIMIT = 300
 RELATED_STEPS_LIMIT = 50
 
 
 def is_postgres(queryset: QuerySet) -> bool:
     return connections[queryset.db].vendor == "postgresql"
-
-
-# --- organizations and filter choices ------------------------------------------------------------
-
-
-def organization_default() -> Organization | None:
-    """The organization with the most recorded steps (from the small day rollup), else the first by name."""
-    busiest = StepRollupDay.objects.values("organization_id").annotate(n=Sum("steps")).order_by("-n").first()
-    if busiest is not None:
-        found = Organization.objects.filter(pk=busiest["organization_id"]).first()
-        if found is not None:
-            return found
-    return Organization.objects.order_by("name").first()
-
-
-def dimension_choices(*, column: str, organization_id: str | None = None) -> list[str]:
-    """Distinct provider/model/model_handle values, read from the day rollup (thousands of rows, not millions)."""
-    rows = StepRollupDay.objects.exclude(**{column: ""})
-    if organization_id:
-        rows = rows.filter(organization_id=organization_id)
-    return list(rows.order_by(column).values_list(column, flat=True).distinct()[:200])
-
-
-def error_type_choices(*, organization_id: str | None = None) -> list[str]:
-    """Distinct error types. On PostgreSQL a loose index scan over the partial error_type index: one probe per type."""
-    base = Step.objects.all()
-    if organization_id:
-        base = base.filter(organization_id=organization_id)
-    if not is_postgres(base) or organization_id:
-        # Per organization the covering errors index answers the DISTINCT directly.
-        distinct = base.filter(error_type__isnull=False).order_by("error_type").values_list("error_type", flat=True)
-        return list(distinct.distinct()[:200])
-    table = Step._meta.db_table
-    sql = f"""
-        WITH RECURSIVE types(t) AS (
-            (SELECT error_type FROM {table} WHERE error_type IS NOT NULL ORDER BY error_type LIMIT 1)
-            UNION ALL
-            SELECT (SELECT error_type FROM {table} WHERE error_type > types.t ORDER BY error_type LIMIT 1)
-            FROM types WHERE types.t IS NOT NULL
-        )
-        SELECT t FROM types WHERE t IS NOT NULL LIMIT 200
-    """
-    with connections[base.db].cursor() as cursor:
-        cursor.execute(sql)
-        return [row[0] for row in cursor.fetchall()]
-
-
-def tag_choices(*, organization_id: str | None = None) -> list[str]:
-    """Tags agents put on their steps (scanning step tags would read every row)."""
-    agents = Agent.objects.filter(deleted_at__isnull=True)
-    if organization_id:
-        agents = agents.filter(organization_id=organization_id)
-    tags: set[str] = set()
-    for values in agents.values_list("tags", flat=True)[:2000]:
-        tags.update(str(tag) for tag in values or [])
-    return sorted(tags)[:100]
 
 
 # --- counts --------------------------------------------------------------------------------------
@@ -130,32 +74,6 @@ def capped_count(queryset: QuerySet, *, cap: int) -> CountResult:
 
 
 # --- one step -----------------------------------------------------------------------------------
-
-
-def step_organization(*, step_id: str) -> Organization | None:
-    """The organization a step belongs to (the admin spans organizations; the selectors take one)."""
-    return Organization.objects.filter(steps__pk=step_id).first()
-
-
-def step_conversation(*, step: Step) -> tuple[list[Message], bool]:
-    """The messages up to and including this step's: the run's history when there is a run, else the step's own.
-
-    Returns (messages in sequence order, whether older messages were left out).
-    """
-    if step.run_id:
-        last = Message.objects.filter(step_id=step.pk).order_by("-sequence_id").values_list("sequence_id", flat=True)
-        last_seq = last.first()
-        base = Message.objects.filter(run_id=step.run_id)
-        if last_seq is not None:
-            base = base.filter(sequence_id__lte=last_seq)
-        else:
-            # A failed step produced nothing: its context is what the run had before it started.
-            base = base.filter(created_at__lte=step.created_at)
-    else:
-        base = Message.objects.filter(step_id=step.pk)
-    messages = list(base.order_by("-sequence_id")[: CONVERSATION_LIMIT + 1])
-    truncated = len(messages) > CONVERSATION_LIMIT
-    return list(reversed(messages[:CONVERSATION_LIMIT])), truncated
 
 
 def _pretty_json(value: Any) -> str:
@@ -344,18 +262,6 @@ class Waterfall:
     duration_ms: float | None
 
 
-def _tool_names(run: Run) -> dict[str, list[str]]:
-    """Tool names called by each step (from its assistant messages)."""
-    names: dict[str, list[str]] = {}
-    for message in Message.objects.filter(run=run, role__in=["assistant", "approval"]).only(
-        "step_id", "tool_calls", "content", "role", "name", "tool_call_id"
-    ):
-        for item in render_messages([message]):
-            if item["message_type"] in {"tool_call_message", "approval_request_message"}:
-                names.setdefault(item["step_id"] or "", []).append(item["tool_call"]["name"])
-    return names
-
-
 def run_waterfall(*, organization: Organization, run: Run, step_url: Any = None) -> Waterfall:
     """Every step of a run as a bar from its start, with the LLM call (first-token tick) and the tools under it."""
     usage = run_usage(organization=organization, run_id=run.pk)
@@ -364,7 +270,7 @@ def run_waterfall(*, organization: Organization, run: Run, step_url: Any = None)
         .select_related("metrics")
         .order_by("created_at", "id")
     )
-    tools = _tool_names(run)
+    tools = run_tool_call_names(run_id=run.pk)
 
     def start_ns(step: Step) -> int:
         metrics = getattr(step, "metrics", None)

@@ -18,24 +18,22 @@ from django.shortcuts import render
 from django.urls import path, reverse
 
 from accounts.models import Organization
-from agents.models import Agent, Run
+from accounts.selectors import organization_list
+from agents.selectors import agent_choices, run_get, run_organization
 from config.errors import ApplicationError
 from console import charts
 from console.charts import BarChart, HBarRow, Series
-from console.dashboard import PERIODS, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
-from console.selectors import (
-    chat_items,
-    dimension_choices,
-    organization_default,
-    pretty_json,
-    related_steps,
-    run_waterfall,
-    step_conversation,
-    step_organization,
-    step_phases,
-)
+from console.dashboard import PERIODS, Period, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
+from console.selectors import chat_items, pretty_json, related_steps, run_waterfall, step_phases
 from steps.models import Feedback, StepMetrics
-from steps.selectors import step_get, step_queryset
+from steps.selectors import (
+    organization_with_most_steps,
+    step_conversation,
+    step_dimension_values,
+    step_get,
+    step_organization,
+    step_queryset,
+)
 from steps.services import step_set_feedback
 from traces.otel import trace_url
 from traces.selectors import provider_traces_for_step
@@ -63,15 +61,33 @@ def _check_view(request: HttpRequest) -> None:
 def _organization(request: HttpRequest) -> Organization | None:
     chosen = request.GET.get("organization")
     if chosen:
-        found = Organization.objects.filter(pk=chosen).first()
+        found = organization_list().filter(pk=chosen).first()
         if found is None:
             raise Http404("No such organization.")
         return found
-    return organization_default()
+    return organization_with_most_steps()
 
 
 def _context(request: HttpRequest, **values: Any) -> dict[str, Any]:
     return {**admin.site.each_context(request), **values}
+
+
+def _period_page(request: HttpRequest, *, title: str, **values: Any) -> tuple[Organization | None, Period, dict]:
+    """What the dashboard and the errors page share: the permission check, the organization, the period and
+    the context of their toolbar (organization and period menus)."""
+    _check_view(request)
+    organization = _organization(request)
+    period = period_get(key=request.GET.get("period"), day=request.GET.get("day"))
+    context = _context(
+        request,
+        title=title,
+        organization=organization,
+        organizations=organization_list(),
+        periods=PERIODS.items(),
+        period=period,
+        **values,
+    )
+    return organization, period, context
 
 
 def _float(value: Any) -> float:
@@ -87,20 +103,10 @@ def _day_param(moment: datetime) -> str:
 
 def dashboard_view(request: HttpRequest) -> HttpResponse:
     """Usage for a period (and optionally one agent or model): charts, KPIs, top agents, top errors."""
-    _check_view(request)
-    organization = _organization(request)
-    period = period_get(key=request.GET.get("period"), day=request.GET.get("day"))
     agent_id = request.GET.get("agent_id") or None
     model_handle = request.GET.get("model_handle") or None
-    context = _context(
-        request,
-        title="Dashboard",
-        organization=organization,
-        organizations=Organization.objects.order_by("name"),
-        periods=PERIODS.items(),
-        period=period,
-        agent_id=agent_id,
-        model_handle=model_handle,
+    organization, period, context = _period_page(
+        request, title="Dashboard", agent_id=agent_id, model_handle=model_handle
     )
     if organization is None:
         return render(request, "admin/steplens/dashboard.html", context)
@@ -232,8 +238,8 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         top_agents=top_agents,
         top_errors=top_errors,
         errors_link=errors_link,
-        agents=Agent.objects.filter(organization=organization).order_by("name").values_list("pk", "name")[:500],
-        model_choices=dimension_choices(column="model_handle", organization_id=organization.pk),
+        agents=agent_choices(organization=organization),
+        model_choices=step_dimension_values(column="model_handle", organization_id=organization.pk),
         steps_link=steps_url(
             organization=organization.pk, agent_id=agent_id, model_handle=model_handle, **period.params()
         ),
@@ -249,19 +255,8 @@ EXAMPLES_PER_TYPE = 3
 
 def errors_view(request: HttpRequest) -> HttpResponse:
     """Errors grouped by type over a period: count, share, trend, first/last seen, example steps."""
-    _check_view(request)
-    organization = _organization(request)
-    period = period_get(key=request.GET.get("period"), day=request.GET.get("day"))
     extra = {name: request.GET.get(name, "") for name in ERROR_EXTRA_FILTERS}
-    context = _context(
-        request,
-        title="Errors",
-        organization=organization,
-        organizations=Organization.objects.order_by("name"),
-        periods=PERIODS.items(),
-        period=period,
-        extra=extra,
-    )
+    organization, period, context = _period_page(request, title="Errors", extra=extra)
     if organization is None:
         return render(request, "admin/steplens/errors.html", context)
     try:
@@ -324,14 +319,18 @@ def errors_view(request: HttpRequest) -> HttpResponse:
         groups=groups,
         error_rate=(page.total_errors / page.total_steps) if page.total_steps else None,
         failed_link=steps_url(organization=organization.pk, status="failed", **page.filters),
-        model_choices=dimension_choices(column="model_handle", organization_id=organization.pk),
-        provider_choices=dimension_choices(column="provider_name", organization_id=organization.pk),
-        agents=Agent.objects.filter(organization=organization).order_by("name").values_list("pk", "name")[:500],
+        model_choices=step_dimension_values(column="model_handle", organization_id=organization.pk),
+        provider_choices=step_dimension_values(column="provider_name", organization_id=organization.pk),
+        agents=agent_choices(organization=organization),
     )
     return render(request, "admin/steplens/errors.html", context)
 
 
 # --- one step -------------------------------------------------------------------------------------
+
+
+# The step page shows at most this many of the run's messages (the newest ones up to the step).
+CONVERSATION_LIMIT = 300
 
 
 def _ms(value_ns: int | None) -> float | None:
@@ -350,7 +349,7 @@ def step_detail_view(model_admin: Any, request: HttpRequest, object_id: str) -> 
         metrics = step.metrics
     except StepMetrics.DoesNotExist:
         metrics = None
-    conversation, truncated = step_conversation(step=step)
+    conversation, truncated = step_conversation(step=step, limit=CONVERSATION_LIMIT)
     traces = provider_traces_for_step(organization=organization, step_id=step.pk)
     related = related_steps(organization=organization, step=step)
     error = step.error_data or {}
@@ -433,12 +432,13 @@ def step_feedback_view(model_admin: Any, request: HttpRequest, object_id: str) -
 
 def run_detail_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """A run's steps and tool calls as a waterfall, with totals and the run's fields."""
-    run = Run.objects.select_related("agent", "organization").filter(pk=object_id).first()
-    if run is None:
+    organization = run_organization(run_id=object_id)
+    if organization is None:
         raise Http404("Run not found.")
+    run = run_get(organization=organization, run_id=object_id)
     if not model_admin.has_view_or_change_permission(request, run):
         raise PermissionDenied
-    waterfall = run_waterfall(organization=run.organization, run=run, step_url=step_url)
+    waterfall = run_waterfall(organization=organization, run=run, step_url=step_url)
     context = _context(
         request,
         title=f"Run {run.pk}",

@@ -4,6 +4,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from django.db import connections
 from django.db.models import Count, Q, QuerySet, Sum
 from django.http import QueryDict
 
@@ -11,9 +12,9 @@ from accounts.models import Organization
 from agents.models import Run
 from config.errors import NotFound
 from steps.filters import step_filterset
-from steps.models import Message, Step, StepMetrics, StepStatus
+from steps.models import Message, Step, StepMetrics, StepRollupDay, StepStatus
 from steps.pagination import DEFAULT_LIMIT, Page, expanded_keyset_page, keyset_page
-from steps.rendering import render_message
+from steps.rendering import render_message, render_messages
 
 USAGE_FIELDS = (
     "prompt_tokens",
@@ -115,3 +116,86 @@ def run_usage(*, organization: Organization, run_id: str) -> dict[str, Any]:
     columns += ["cost_usd", "ttft_ns", "latency_ns", "created_at"]
     rows = list(steps.order_by("created_at", "id").values(*columns))
     return {"run_id": run.pk, "agent_id": run.agent_id, "request_id": run.request_id, "totals": totals, "steps": rows}
+
+
+# --- across organizations (the console lists every organization's steps) ---------------------------
+
+
+def organization_with_most_steps() -> Organization | None:
+    """The organization with the most recorded steps (from the small day rollup), else the first by name."""
+    busiest = StepRollupDay.objects.values("organization_id").annotate(n=Sum("steps")).order_by("-n").first()
+    if busiest is not None:
+        found = Organization.objects.filter(pk=busiest["organization_id"]).first()
+        if found is not None:
+            return found
+    return Organization.objects.order_by("name").first()
+
+
+def step_dimension_values(*, column: str, organization_id: str | None = None) -> list[str]:
+    """Distinct provider/model/model_handle values, read from the day rollup (thousands of rows, not millions)."""
+    rows = StepRollupDay.objects.exclude(**{column: ""})
+    if organization_id:
+        rows = rows.filter(organization_id=organization_id)
+    return list(rows.order_by(column).values_list(column, flat=True).distinct()[:200])
+
+
+def step_error_types(*, organization_id: str | None = None) -> list[str]:
+    """Distinct error types. On PostgreSQL a loose index scan over the partial error_type index: one probe per type."""
+    base = Step.objects.all()
+    if organization_id:
+        base = base.filter(organization_id=organization_id)
+    if connections[base.db].vendor != "postgresql" or organization_id:
+        # Per organization the covering errors index answers the DISTINCT directly.
+        distinct = base.filter(error_type__isnull=False).order_by("error_type").values_list("error_type", flat=True)
+        return list(distinct.distinct()[:200])
+    table = Step._meta.db_table
+    sql = f"""
+        WITH RECURSIVE types(t) AS (
+            (SELECT error_type FROM {table} WHERE error_type IS NOT NULL ORDER BY error_type LIMIT 1)
+            UNION ALL
+            SELECT (SELECT error_type FROM {table} WHERE error_type > types.t ORDER BY error_type LIMIT 1)
+            FROM types WHERE types.t IS NOT NULL
+        )
+        SELECT t FROM types WHERE t IS NOT NULL LIMIT 200
+    """
+    with connections[base.db].cursor() as cursor:
+        cursor.execute(sql)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def step_organization(*, step_id: str) -> Organization | None:
+    """The organization a step belongs to (the console spans organizations; the selectors take one)."""
+    return Organization.objects.filter(steps__pk=step_id).first()
+
+
+def step_conversation(*, step: Step, limit: int) -> tuple[list[Message], bool]:
+    """The messages up to and including this step's: the run's history when there is a run, else the step's own.
+
+    Returns (at most `limit` messages in sequence order, whether older messages were left out).
+    """
+    if step.run_id:
+        last = Message.objects.filter(step_id=step.pk).order_by("-sequence_id").values_list("sequence_id", flat=True)
+        last_seq = last.first()
+        base = Message.objects.filter(run_id=step.run_id)
+        if last_seq is not None:
+            base = base.filter(sequence_id__lte=last_seq)
+        else:
+            # A failed step produced nothing: its context is what the run had before it started.
+            base = base.filter(created_at__lte=step.created_at)
+    else:
+        base = Message.objects.filter(step_id=step.pk)
+    messages = list(base.order_by("-sequence_id")[: limit + 1])
+    truncated = len(messages) > limit
+    return list(reversed(messages[:limit])), truncated
+
+
+def run_tool_call_names(*, run_id: str) -> dict[str, list[str]]:
+    """Tool names called by each step of a run (from its assistant and approval messages), by step id."""
+    names: dict[str, list[str]] = {}
+    for message in Message.objects.filter(run_id=run_id, role__in=["assistant", "approval"]).only(
+        "step_id", "tool_calls", "content", "role", "name", "tool_call_id"
+    ):
+        for item in render_messages([message]):
+            if item["message_type"] in {"tool_call_message", "approval_request_message"}:
+                names.setdefault(item["step_id"] or "", []).append(item["tool_call"]["name"])
+    return names
