@@ -6,13 +6,16 @@ the step page at /admin/steps/step/<id>/change/ (with a POST to .../feedback/), 
 and console.selectors; the only write (feedback and tags) goes through steps.services.
 """
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
@@ -333,6 +336,19 @@ def errors_view(request: HttpRequest) -> HttpResponse:
 CONVERSATION_LIMIT = 300
 
 
+def _page_object(
+    model_admin: Any, request: HttpRequest, *, organization: Organization | None, get: Callable[..., Model]
+) -> Model:
+    """The object a console page shows, read through `get(organization=...)`; 404 without an organization,
+    403 when the user may not view it."""
+    if organization is None:
+        raise Http404(f"{model_admin.model._meta.verbose_name.capitalize()} not found.")
+    found = get(organization=organization)
+    if not model_admin.has_view_or_change_permission(request, found):
+        raise PermissionDenied
+    return found
+
+
 def _ms(value_ns: int | None) -> float | None:
     return None if value_ns is None else value_ns / 1e6
 
@@ -340,11 +356,7 @@ def _ms(value_ns: int | None) -> float | None:
 def step_detail_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """Everything about one step: fields, phases, conversation, provider traces, error, trace link, related steps."""
     organization = step_organization(step_id=object_id)
-    if organization is None:
-        raise Http404("Step not found.")
-    step = step_get(organization=organization, step_id=object_id)
-    if not model_admin.has_view_or_change_permission(request, step):
-        raise PermissionDenied
+    step = _page_object(model_admin, request, organization=organization, get=partial(step_get, step_id=object_id))
     try:
         metrics = step.metrics
     except StepMetrics.DoesNotExist:
@@ -433,11 +445,7 @@ def step_feedback_view(model_admin: Any, request: HttpRequest, object_id: str) -
 def run_detail_view(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponse:
     """A run's steps and tool calls as a waterfall, with totals and the run's fields."""
     organization = run_organization(run_id=object_id)
-    if organization is None:
-        raise Http404("Run not found.")
-    run = run_get(organization=organization, run_id=object_id)
-    if not model_admin.has_view_or_change_permission(request, run):
-        raise PermissionDenied
+    run = _page_object(model_admin, request, organization=organization, get=partial(run_get, run_id=object_id))
     waterfall = run_waterfall(organization=organization, run=run, step_url=step_url)
     context = _context(
         request,
