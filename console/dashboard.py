@@ -16,8 +16,8 @@ from django.db.models.functions import TruncDay, TruncHour
 from django.utils import timezone
 
 from accounts.models import Organization
-from steps.filters import step_filterset
 from steps.reports import errors_report, usage_report
+from steps.selectors import step_queryset
 
 # name -> (label, days; 0 means the last 24 hours in hourly buckets)
 PERIODS = {
@@ -186,8 +186,8 @@ def errors_get(*, organization: Organization, period: Period, extra: dict[str, s
     report = errors_report(organization=organization, filters=filters)
     trunc = TruncHour if period.bucket == "hour" else TruncDay
     counted = (
-        step_filterset(organization=organization, params=filters)
-        .qs.filter(error_type__isnull=False)
+        step_queryset(organization=organization, filters=filters)
+        .filter(error_type__isnull=False)
         .annotate(bucket=trunc("created_at", tzinfo=UTC))
         .values("error_type", "bucket")
         .annotate(n=Count("pk"))
