@@ -18,10 +18,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from accounts.models import Organization
-from agents.loop import run_execute
+from agents.loop import run_cancel, run_execute
 from agents.models import Agent, Run, RunStatus
 from agents.providers import ErrorSpec, Scenario, Turn, TurnUsage, register_scenario, tool_for_question, tool_turns
-from agents.services import agent_create, agent_update, run_cancel, run_decide_approval, run_start
+from agents.services import agent_create, agent_update, run_decide_approval, run_start
 from steps.models import Message, Step, StepMetrics
 from steps.rollups import step_rollups_rebuild
 from traces.models import ProviderTrace

@@ -3,7 +3,6 @@
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from django.db.models.functions import Coalesce, Now
 from django.utils import timezone
 
 from accounts.models import Organization, Project
+from agents.conversation import APPROVED, DENIED, pending_tool_calls
 from agents.models import Agent, Run, RunStatus
 from config.errors import ApplicationError
 
@@ -287,17 +287,9 @@ def run_start(
     return run
 
 
-def run_cancel(*, run: Run) -> Run:
-    """Ask a run to stop: an in-flight provider stream stops within a second and the step ends cancelled."""
-    from agents.loop import run_execute, signal_cancel
-
+def run_request_cancel(*, run: Run) -> None:
+    """Flag a run as asked to stop (once); its worker notices the flag (agents.loop.run_cancel also signals it)."""
     Run.objects.filter(pk=run.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
-    signal_cancel(run.pk)
-    run.refresh_from_db()
-    if run.status in {RunStatus.CREATED, RunStatus.PAUSED}:
-        # Nothing is executing it: end it now (the loop records the cancellation and closes the stream).
-        run = run_execute(run_id=run.pk)
-    return run
 
 
 @transaction.atomic
@@ -306,7 +298,6 @@ def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: s
 
     Returns the tool call ids still awaiting a decision; when it is empty the caller resumes the run.
     """
-    from agents.loop import APPROVED, DENIED, pending_tool_calls
     from steps.models import Step
     from steps.services import messages_create
 
@@ -339,37 +330,6 @@ def run_decide_approval(*, run: Run, tool_call_id: str, approve: bool, reason: s
         ],
     )
     return awaiting - set(pending.decisions) - {tool_call_id}
-
-
-def _execute_in_thread(run_id: str) -> None:
-    from django.db import connection
-
-    from agents.loop import run_execute
-
-    try:
-        run_execute(run_id=run_id)
-    finally:
-        connection.close()
-
-
-def run_dispatch(*, run: Run, wait: bool) -> None:
-    """Start a run: on a worker through the broker, or (embedded mode, no broker) in this process.
-
-    Embedded mode runs a waiting request inline and a streaming or background one in a thread,
-    so the same views work with and without Celery workers.
-    """
-    if not settings.CELERY_TASK_ALWAYS_EAGER:
-        run_enqueue(run=run)
-    elif wait:
-        from agents.loop import run_execute
-
-        run_execute(run_id=run.pk)
-    else:
-        transaction.on_commit(
-            lambda: threading.Thread(
-                target=_execute_in_thread, args=(run.pk,), name=f"run-{run.pk}", daemon=True
-            ).start()
-        )
 
 
 def run_wait(*, run: Run, timeout: float) -> Run:

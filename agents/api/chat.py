@@ -16,10 +16,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
-from agents import selectors, services
+from agents import loop, selectors, services
 from agents.api.serializers import CHAT_ROLES, ChatRequestSerializer
 from agents.api.sse import sse_response
-from agents.loop import run_usage
 from agents.models import Run, RunStatus, StopReason
 from agents.streams import DONE, follow
 from steps.selectors import run_messages
@@ -30,7 +29,7 @@ def _finish_reason(run: Run) -> str:
 
 
 def _usage(run: Run) -> dict[str, Any]:
-    totals = run_usage(run=run)
+    totals = loop.run_usage(run=run)
     return {
         # The chat-completions format requires these three counts; the details may be null (not reported).
         "prompt_tokens": totals["prompt_tokens"] or 0,
@@ -236,9 +235,9 @@ class ChatCompletionsApi(APIView):
             user_id=request.headers.get("X-User-ID") or data["user"] or None,
         )
         if data["stream"]:
-            services.run_dispatch(run=run, wait=False)
+            loop.run_dispatch(run=run, wait=False)
             return sse_response(_stream(run, model, data["include_usage"]), request_id=run.request_id)
-        services.run_dispatch(run=run, wait=True)
+        loop.run_dispatch(run=run, wait=True)
         run = services.run_wait(run=run, timeout=settings.STEPLENS_SYNC_WAIT_SECONDS)
         return Response(_completion(run, model))
 

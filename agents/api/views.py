@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.authentication import request_organization
-from agents import selectors, services
+from agents import loop, selectors, services
 from agents.api.serializers import (
     AgentSerializer,
     ApprovalSerializer,
@@ -20,7 +20,6 @@ from agents.api.serializers import (
     SendMessagesSerializer,
 )
 from agents.api.sse import EventStreamMixin, parse_starting_after, relay, sse_response
-from agents.loop import run_usage
 from agents.models import Run
 from agents.streams import MAX_SEQ_ID
 from steps.models import Message
@@ -91,7 +90,7 @@ def run_response(run: Run, *, after_sequence: int = 0) -> dict[str, Any]:
         "stop_reason": run.stop_reason,
         "error": run.error,
         "messages": render_messages(list(messages)),
-        "usage": run_usage(run=run),
+        "usage": loop.run_usage(run=run),
     }
 
 
@@ -101,7 +100,7 @@ class AgentMessagesApi(APIView):
     @extend_schema(request=SendMessagesSerializer, responses={200: RunResponseSerializer})
     def post(self, request: Request, agent_id: str) -> Response:
         run = _start_run(request, agent_id, background=False)
-        services.run_dispatch(run=run, wait=True)
+        loop.run_dispatch(run=run, wait=True)
         run = services.run_wait(run=run, timeout=settings.STEPLENS_SYNC_WAIT_SECONDS)
         return Response(run_response(run))
 
@@ -112,7 +111,7 @@ class AgentMessagesStreamApi(EventStreamMixin, APIView):
     @extend_schema(request=SendMessagesSerializer, responses={(200, "text/event-stream"): str})
     def post(self, request: Request, agent_id: str):
         run = _start_run(request, agent_id, background=False)
-        services.run_dispatch(run=run, wait=False)
+        loop.run_dispatch(run=run, wait=False)
         return sse_response(relay(run.pk), request_id=run.request_id)
 
 
@@ -122,7 +121,7 @@ class AgentMessagesAsyncApi(APIView):
     @extend_schema(request=SendMessagesSerializer, responses={202: RunSerializer})
     def post(self, request: Request, agent_id: str) -> Response:
         run = _start_run(request, agent_id, background=True)
-        services.run_dispatch(run=run, wait=False)
+        loop.run_dispatch(run=run, wait=False)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -169,7 +168,7 @@ class RunCancelApi(APIView):
     @extend_schema(request=None, responses=RunSerializer)
     def post(self, request: Request, run_id: str) -> Response:
         run = selectors.run_get(organization=request_organization(request), run_id=run_id)
-        run = services.run_cancel(run=run)
+        run = loop.run_cancel(run=run)
         return Response(RunSerializer(run).data)
 
 
@@ -184,6 +183,6 @@ class RunApprovalApi(APIView):
             run=run, tool_call_id=data["tool_call_id"], approve=data["approve"], reason=data["reason"]
         )
         if not still_awaiting:
-            services.run_dispatch(run=run, wait=not run.background and settings.CELERY_TASK_ALWAYS_EAGER)
+            loop.run_dispatch(run=run, wait=not run.background and settings.CELERY_TASK_ALWAYS_EAGER)
         run.refresh_from_db()
         return Response(RunSerializer(run).data)

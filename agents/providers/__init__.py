@@ -1,13 +1,14 @@
 """Provider adapters: OpenAI Chat Completions, OpenAI Responses, Anthropic, Gemini and the scripted provider.
 
 Use `get_adapter(model_handle)` to get an adapter and the provider's model name, then
-`adapter.stream(LLMRequest(...), cancel_event=...)`: iterate the returned `ProviderCall` for
+`adapter.stream(LLMRequest(...), cancel_event=CancelEvent())`: iterate the returned `ProviderCall` for
 `StreamChunk`s; afterwards `call.result` is the `LLMResult` (or iteration raised a `ProviderError`)
 and `call.trace` the redacted `ProviderTraceData`.
 """
 
 from agents.providers.base import (
     APIS,
+    CancelEvent,
     LLMRequest,
     LLMResult,
     ProviderAdapter,
@@ -44,6 +45,7 @@ __all__ = [
     "APIS",
     "ERROR_TYPES",
     "RETRYABLE_ERROR_TYPES",
+    "CancelEvent",
     "ErrorSpec",
     "ImageFetchError",
     "ImageFetcher",

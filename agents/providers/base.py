@@ -154,7 +154,36 @@ class ProviderAdapter(Protocol):
     provider_name: str
     api: str
 
-    def stream(self, request: LLMRequest, *, cancel_event: threading.Event | None = None) -> ProviderCall: ...
+    def stream(self, request: LLMRequest, *, cancel_event: CancelEvent | None = None) -> ProviderCall: ...
+
+
+class CancelEvent(threading.Event):
+    """The event that cancels a call (or a whole run): when set it also runs the callbacks registered with
+    `on_set`, so an in-flight call aborts its blocked read at once and no thread has to poll the event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks_lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        with self._callbacks_lock:
+            super().set()
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the event is set (now, if it is set already)."""
+        with self._callbacks_lock:
+            if not self.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def discard(self, callback: Callable[[], None]) -> None:
+        with self._callbacks_lock, contextlib.suppress(ValueError):
+            self._callbacks.remove(callback)
 
 
 # --- per-call context: what the HTTP hooks saw, and how to abort a blocked read --------------------
@@ -167,7 +196,7 @@ class CallContext:
 
     __slots__ = ("_abort_callbacks", "aborted", "cancel_event", "request_body", "response")
 
-    def __init__(self, cancel_event: threading.Event | None) -> None:
+    def __init__(self, cancel_event: CancelEvent | None) -> None:
         self.cancel_event = cancel_event
         self.request_body: bytes | None = None
         self.response: httpx2.Response | None = None
@@ -176,15 +205,23 @@ class CallContext:
 
     def on_abort(self, callback: Callable[[], None]) -> None:
         self._abort_callbacks.append(callback)
+        if self.aborted:  # cancelled while the call was being opened: abort what was opened since
+            self._run_abort_callback(callback)
+
+    def _run_abort_callback(self, callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:  # best effort: the reader also checks the cancel event between chunks
+            logger.debug("abort callback failed", exc_info=True)
 
     def abort(self) -> None:
-        """Unblock a read that is waiting on the network or an in-memory delay (called from the watcher)."""
+        """Unblock a read that is waiting on the network or an in-memory delay (called when the cancel event is set,
+        from the thread that sets it)."""
+        if self.aborted:
+            return
         self.aborted = True
         for callback in list(self._abort_callbacks):
-            try:
-                callback()
-            except Exception:  # best effort: the reader also checks the cancel event between chunks
-                logger.debug("abort callback failed", exc_info=True)
+            self._run_abort_callback(callback)
         response = self.response
         if response is not None:
             network_stream = response.extensions.get("network_stream")
@@ -226,42 +263,6 @@ def make_http_client(
     )
 
 
-class _CancelWatcher:
-    """One daemon thread that aborts in-flight calls whose cancel event is set (polls every 50 ms)."""
-
-    interval = 0.05
-
-    def __init__(self) -> None:
-        self._calls: dict[int, CallContext] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, ctx: CallContext) -> None:
-        with self._lock:
-            self._calls[id(ctx)] = ctx
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="provider-cancel-watcher", daemon=True)
-                self._thread.start()
-
-    def remove(self, ctx: CallContext) -> None:
-        with self._lock:
-            self._calls.pop(id(ctx), None)
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            with self._lock:
-                if not self._calls:
-                    self._thread = None
-                    return
-                calls = list(self._calls.values())
-            for ctx in calls:
-                if not ctx.aborted and ctx.cancel_event is not None and ctx.cancel_event.is_set():
-                    ctx.abort()
-
-
-_WATCHER = _CancelWatcher()
-
 OpenResult = tuple[Iterable[Any], Callable[[], None] | None]
 
 
@@ -277,7 +278,7 @@ class ProviderCall:
         *,
         adapter: BaseAdapter,
         request: LLMRequest,
-        cancel_event: threading.Event | None,
+        cancel_event: CancelEvent | None,
         streaming: bool,
         before_send: Callable[[CallContext], None] | None = None,
     ) -> None:
@@ -333,9 +334,9 @@ class ProviderCall:
             params = adapter.build_request(self.request)
             adapter.client()
             if cancel is not None:
+                cancel.on_set(ctx.abort)  # registered before the last check: a cancel from here on aborts the call
                 if cancel.is_set():
                     raise ProviderCancelled("The call was cancelled before the request was sent.")
-                _WATCHER.add(ctx)
             self.request_start_ns = time.time_ns()
             t0 = time.perf_counter_ns()
             previous = getattr(_local, "ctx", None)
@@ -376,7 +377,7 @@ class ProviderCall:
         finally:
             latency = time.perf_counter_ns() - t0
             if cancel is not None:
-                _WATCHER.remove(ctx)
+                cancel.discard(ctx.abort)
             if closer is not None:
                 try:
                     closer()
@@ -493,7 +494,7 @@ class BaseAdapter:
         self._client: Any = None
         self._client_lock = threading.Lock()
 
-    def stream(self, request: LLMRequest, *, cancel_event: threading.Event | None = None) -> ProviderCall:
+    def stream(self, request: LLMRequest, *, cancel_event: CancelEvent | None = None) -> ProviderCall:
         """Start a call; iterate the returned ProviderCall for chunks, then read `.result` and `.trace`."""
         return ProviderCall(adapter=self, request=request, cancel_event=cancel_event, streaming=self.streaming)
 

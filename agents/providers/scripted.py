@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.providers.base import APIS, LLMRequest, ProviderCall
+from agents.providers.base import APIS, CancelEvent, LLMRequest, ProviderCall
 from agents.providers.history import message_text, tool_returns
 from agents.providers.replay import adapter_for_api, warm_up
 from agents.providers.transport import InMemoryTransport, WireResponse
@@ -183,7 +183,7 @@ class ScriptedAdapter:
         self._json = adapter_for_api(scenario.api, streaming=False, **options)
         warm_up(scenario.api)
 
-    def stream(self, request: LLMRequest, *, cancel_event: threading.Event | None = None) -> ProviderCall:
+    def stream(self, request: LLMRequest, *, cancel_event: CancelEvent | None = None) -> ProviderCall:
         """Pick the scenario's response for this history and run it through the real SDK."""
         wire = self.plan(request)
         streaming = wire.is_event_stream or wire.status_code >= 400

@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from agents.loop import run_execute
+from agents.loop import run_cancel, run_execute
 from agents.models import Run, RunStatus, StopReason
 from agents.providers import ErrorSpec, ToolCallSpec, Turn, TurnUsage
-from agents.services import run_cancel, run_decide_approval, run_start
+from agents.services import run_decide_approval, run_start
 from config.errors import ApplicationError
 from steps.models import Message, Step, StepMetrics, StepProgression, StepStatus
 from traces.models import ProviderTrace
@@ -302,7 +302,7 @@ def test_an_unexpected_error_ends_the_run_with_error_and_no_pending_step(scenari
     def broken(*args, **kwargs):
         raise RuntimeError("bug in step_finish")
 
-    monkeypatch.setattr("agents.loop.step_finish", broken)
+    monkeypatch.setattr("agents.loop.step.step_finish", broken)
     run = _run(agent)
     assert (run.status, run.stop_reason) == (RunStatus.FAILED, StopReason.ERROR)
     (step,) = _steps(run)

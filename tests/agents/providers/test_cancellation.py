@@ -9,13 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.providers import ProviderCancelled, Scenario, ScriptedAdapter, Turn, synthesize
+from agents.providers import CancelEvent, ProviderCancelled, Scenario, ScriptedAdapter, Turn, synthesize
 from agents.providers.replay import adapter_for_api
 from tests.agents.providers.conftest import user_request
 
 
-def _cancel_after(seconds: float) -> tuple[threading.Event, list[float]]:
-    event = threading.Event()
+def _cancel_after(seconds: float) -> tuple[CancelEvent, list[float]]:
+    event = CancelEvent()
     when: list[float] = []
 
     def fire() -> None:
@@ -62,7 +62,7 @@ def test_a_call_waiting_for_its_first_chunk_stops_within_a_second_of_cancellatio
 def test_a_call_cancelled_before_it_starts_sends_nothing():
     scenario = Scenario("test-never", "openai_chat", "gpt-4o-mini", [Turn(text="never")])
     adapter = ScriptedAdapter(scenario)
-    cancel = threading.Event()
+    cancel = CancelEvent()
     cancel.set()
 
     call = adapter.stream(user_request(), cancel_event=cancel)
