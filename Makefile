@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: venv install demo test lint format migrate run worker clean
+.PHONY: venv install demo test test-sqlite lint format migrate run worker clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(STAMP)
 	$(PY) -m ruff format --check .
 	DJANGO_SETTINGS_MODULE=config.settings.test $(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The suite on the embedded SQLite default whatever DATABASE_URL says, PostgreSQL-only tests (marker `postgres`)
+# deselected: the second pass of .ci/run, so SQLite's branches run in CI too.
+test-sqlite: $(STAMP)
+	env -u DATABASE_URL STEPLENS_TEST_DATABASE=sqlite $(PY) -m pytest $(PYTEST_ARGS)
 
 format: $(STAMP)
 	$(PY) -m ruff format .

@@ -1,4 +1,6 @@
-"""Shared fixtures. In CI (CI=true) the suite must run on PostgreSQL with Redis: a missing service fails."""
+"""Shared fixtures. In CI (CI=true) the suite runs twice (.ci/run): on PostgreSQL with Redis, where a missing
+service fails, and on the embedded SQLite default (STEPLENS_TEST_DATABASE=sqlite, `make test-sqlite`), where the
+PostgreSQL-only tests are deselected."""
 
 import os
 import socket
@@ -12,6 +14,11 @@ from accounts.services import api_key_create
 from tests.factories import OrganizationFactory
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+# Which database the run is for, checked against DATABASE_URL so that neither pass runs on the other's by mistake.
+# CI means PostgreSQL unless the SQLite pass is asked for by name; on a laptop either is fine (SQLite by default).
+ENGINES = {"postgresql": "django.db.backends.postgresql", "sqlite": "django.db.backends.sqlite3"}
+TEST_DATABASE = os.environ.get("STEPLENS_TEST_DATABASE", "postgresql" if IN_CI else "")
+SQLITE_PASS = TEST_DATABASE == "sqlite"
 
 
 def require_service(name: str, reason: str) -> None:
@@ -23,8 +30,31 @@ def require_service(name: str, reason: str) -> None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if IN_CI and settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
-        pytest.exit("CI must run on PostgreSQL: set DATABASE_URL=postgres://...", returncode=3)
+    if TEST_DATABASE and TEST_DATABASE not in ENGINES:
+        pytest.exit(f"STEPLENS_TEST_DATABASE={TEST_DATABASE}: use one of {', '.join(ENGINES)}", returncode=3)
+    if SQLITE_PASS and settings.DATABASES["default"]["ENGINE"] != ENGINES["sqlite"]:
+        pytest.exit("STEPLENS_TEST_DATABASE=sqlite: unset DATABASE_URL (`make test-sqlite` does)", returncode=3)
+    if TEST_DATABASE == "postgresql" and settings.DATABASES["default"]["ENGINE"] != ENGINES["postgresql"]:
+        pytest.exit(
+            "CI runs on PostgreSQL: set DATABASE_URL=postgres://... (or STEPLENS_TEST_DATABASE=sqlite for the "
+            "SQLite pass)",
+            returncode=3,
+        )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that use the `postgres` fixture are marked `postgres`, as are those that start PostgreSQL servers of
+    their own (marked in their module). The SQLite pass deselects them: they run in the PostgreSQL pass."""
+    for item in items:
+        if "postgres" in item.fixturenames:
+            item.add_marker(pytest.mark.postgres)
+    if not SQLITE_PASS:
+        return
+    kept = [item for item in items if item.get_closest_marker("postgres") is None]
+    deselected = [item for item in items if item.get_closest_marker("postgres") is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ from tests.faults.otlp_support import (
 )
 from tests.traces.test_ingest_limits import empty_span_bomb
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.postgres]  # a PostgreSQL of its own (own_postgres)
 
 RSS_BOUND_BYTES = 400 * 1024 * 1024  # any one gunicorn process, master or worker
 PROTOBUF, JSON = "application/x-protobuf", "application/json"

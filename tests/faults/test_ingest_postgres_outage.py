@@ -30,7 +30,7 @@ from tests.faults.otlp_support import (
     stop_services,
 )
 
-pytestmark = pytest.mark.faults
+pytestmark = [pytest.mark.faults, pytest.mark.postgres]  # a PostgreSQL of its own (own_postgres)
 
 SPANS_PER_REQUEST = 5
 PROTOBUF, JSON = "application/x-protobuf", "application/json"
