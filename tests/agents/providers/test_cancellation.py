@@ -160,3 +160,17 @@ def test_a_stream_blocked_on_a_silent_socket_stops_within_a_second_of_cancellati
 
     assert stopped - when[0] < 1.0
     assert call.trace.error_type == "cancelled"
+
+
+def test_a_cancel_event_runs_its_callbacks_when_set_and_at_once_when_set_already():
+    event = CancelEvent()
+    seen: list[str] = []
+    event.on_set(lambda: seen.append("registered"))
+    dropped = lambda: seen.append("discarded")  # noqa: E731
+    event.on_set(dropped)
+    event.discard(dropped)
+
+    event.set()
+    event.on_set(lambda: seen.append("late"))
+
+    assert seen == ["registered", "late"]
