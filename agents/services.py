@@ -139,8 +139,12 @@ def run_claim(*, run: Run, lease: str, dead_lease: str | None = None) -> Run | N
 
 
 def run_heartbeat(*, run_id: str, lease: str) -> bool:
-    """Touch the run's lease; False when this execution no longer holds it (taken over or ended): stop."""
-    return bool(Run.objects.filter(pk=run_id, lease=lease).update(heartbeat_at=timezone.now()))
+    """Touch the run's lease; False when the run's row shows another holder, or none (taken over or ended): stop."""
+    if Run.objects.filter(pk=run_id, lease=lease).update(heartbeat_at=timezone.now()):
+        return True
+    # Lost only when the row says so: a row this connection cannot see (the run created in a transaction not yet
+    # committed, as in a test) is no takeover, and stopping the run then would cancel it for nothing.
+    return not Run.objects.filter(pk=run_id).exclude(lease=lease).exists()
 
 
 def run_holds_lease(*, run_id: str, lease: str) -> bool:

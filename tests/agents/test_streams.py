@@ -331,3 +331,18 @@ def test_a_waiting_stream_holds_no_database_connection(api_client, make_agent, s
     Run.objects.filter(pk=run.pk).update(status=RunStatus.COMPLETED, stop_reason=StopReason.END_TURN)
     rest = b"".join(chunks).decode()
     assert '"stop_reason": "end_turn"' in rest and rest.endswith("data: [DONE]\n\n")
+
+
+@pytest.mark.django_db
+def test_a_heartbeat_is_lost_only_when_the_runs_row_shows_another_holder_or_none(make_agent):
+    from agents.services import run_heartbeat
+
+    run = _run(make_agent("scripted/echo"))
+    assert run_claim(run=run, lease="mine") is not None
+    assert run_heartbeat(run_id=run.pk, lease="mine") is True
+    Run.objects.filter(pk=run.pk).update(lease="theirs")  # taken over
+    assert run_heartbeat(run_id=run.pk, lease="mine") is False
+    Run.objects.filter(pk=run.pk).update(lease=None, status=RunStatus.COMPLETED)  # ended
+    assert run_heartbeat(run_id=run.pk, lease="mine") is False
+    # A row this connection cannot see (created in another, uncommitted transaction) is no takeover.
+    assert run_heartbeat(run_id="run-not-visible-here", lease="mine") is True
