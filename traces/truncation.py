@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from config.parsers import depth_exceeds
+
 # Below this many characters a string is not worth cutting further: the budget is spent on structure.
 _MIN_STRING_CHARS = 64
 # Deeper than this, a subtree is replaced by a marker when a value has to be cut (a recursion bound: JSON text
@@ -67,24 +69,11 @@ def _cut_strings(value: Any, chars: int, depth: int = 0) -> Any:
     return value
 
 
-def _deeper_than(value: Any, depth: int) -> bool:
-    stack = [(value, 0)]
-    while stack:  # a loop, not recursion: the value may be nested past the interpreter's recursion limit
-        item, level = stack.pop()
-        children = item.values() if isinstance(item, dict) else item
-        for child in children:
-            if isinstance(child, list | dict):
-                if level + 1 >= depth:
-                    return True
-                stack.append((child, level + 1))
-    return False
-
-
 def json_depth_capped(value: Any) -> Any:
     """`value` itself when it nests less than _MAX_DEPTH lists and objects deep, else a copy whose deeper
     subtrees are replaced by "…[truncated: nested too deeply]": what recursive code (redaction, validation,
     serializers) can walk safely."""
-    if not isinstance(value, list | dict) or not _deeper_than(value, _MAX_DEPTH):
+    if not isinstance(value, list | dict) or not depth_exceeds(value, limit=_MAX_DEPTH):
         return value
     return _cut_strings(value, chars=2**62)
 
