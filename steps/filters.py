@@ -27,8 +27,7 @@ from steps.models import Feedback, Step, StepStatus
 
 METADATA_PREFIX = "metadata."
 _METADATA_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}(\.[A-Za-z0-9_\-]{1,64}){0,4}$")
-_MAX_VALUES = 100
-MAX_FILTER_VALUES = _MAX_VALUES
+MAX_FILTER_VALUES = 100
 # Largest min_ttft_ms / min_latency_ms: about 31 years, so the nanoseconds compared stay inside a 64-bit integer.
 MAX_FILTER_NUMBER = 10**12
 
@@ -60,10 +59,10 @@ class MultiValueWidget(forms.TextInput):
 
 
 def multi_value_pattern(*, choices: list[str] | None, max_length: int) -> str:
-    """The regular expression of what a MultiValueField accepts (for the OpenAPI schema): up to _MAX_VALUES
+    """The regular expression of what a MultiValueField accepts (for the OpenAPI schema): up to MAX_FILTER_VALUES
     comma-separated parts, each empty or a choice (or any text without a comma, up to max_length characters)."""
     part = "(?:" + "|".join(re.escape(c) for c in choices) + ")?" if choices is not None else f"[^,]{{0,{max_length}}}"
-    return f"^{part}(?:,{part}){{0,{_MAX_VALUES - 1}}}$"
+    return f"^{part}(?:,{part}){{0,{MAX_FILTER_VALUES - 1}}}$"
 
 
 class MultiValueField(forms.Field):
@@ -78,8 +77,8 @@ class MultiValueField(forms.Field):
         if not value:
             return None
         values = [value] if isinstance(value, str) else list(value)
-        if len(values) > _MAX_VALUES:
-            raise forms.ValidationError(f"At most {_MAX_VALUES} values.")
+        if len(values) > MAX_FILTER_VALUES:
+            raise forms.ValidationError(f"At most {MAX_FILTER_VALUES} values.")
         for item in values:
             if len(item) > self.max_length:
                 raise forms.ValidationError(f"Values are at most {self.max_length} characters.")
