@@ -22,8 +22,8 @@ from agents.api.serializers import (
 from agents.api.sse import EventStreamMixin, parse_starting_after, relay, sse_response
 from agents.models import Run
 from agents.streams import MAX_SEQ_ID
-from steps.models import Message
 from steps.rendering import render_messages
+from steps.selectors import run_messages
 
 
 def _validated(serializer_class: type, data: Any, **kwargs: Any) -> dict[str, Any]:
@@ -82,7 +82,7 @@ def _start_run(request: Request, agent_id: str, *, background: bool) -> Run:
 
 def run_response(run: Run, *, after_sequence: int = 0) -> dict[str, Any]:
     """The body of a finished (or paused) run: its new messages, stop reason and usage."""
-    messages = Message.objects.filter(run=run, sequence_id__gt=after_sequence).order_by("sequence_id")
+    messages = run_messages(run_id=run.pk).filter(sequence_id__gt=after_sequence)
     return {
         "run_id": run.pk,
         "request_id": run.request_id,
