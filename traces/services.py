@@ -38,8 +38,9 @@ class ProviderTraceIn:
     provider: str
     model: str = ""
     api: str = ""
-    request_json: dict[str, Any] | None = None
-    response_json: dict[str, Any] | None = None
+    # A Truncated is what provider_trace_json already made of the value (redacted and cut): stored as is.
+    request_json: dict[str, Any] | Truncated | None = None
+    response_json: dict[str, Any] | Truncated | None = None
     latency_ms: int | None = None
     error_type: str | None = None
     error_message: str | None = None
@@ -64,14 +65,18 @@ def provider_trace_json(value: Any) -> Truncated:
     return json_truncate(redact(value), max_bytes=settings.STEPLENS_PROVIDER_TRACE_MAX_BYTES)
 
 
+def _stored_json(value: dict[str, Any] | Truncated | None) -> Any:
+    return value.value if isinstance(value, Truncated) else provider_trace_json(value).value
+
+
 def _trace_values(step: Step, trace: ProviderTraceIn) -> dict[str, Any]:
     return {
         "organization_id": step.organization_id,
         "provider": trace.provider[:64],
         "api": (trace.api or "")[:32],
         "model": (trace.model or "")[:200],
-        "request_json": provider_trace_json(trace.request_json).value,
-        "response_json": provider_trace_json(trace.response_json).value,
+        "request_json": _stored_json(trace.request_json),
+        "response_json": _stored_json(trace.response_json),
         "latency_ms": trace.latency_ms,
         "error_type": trace.error_type,
         "error_message": (trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,

@@ -199,7 +199,7 @@ def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepR
     inputs = [m for m in inputs if not (m.role == "tool" and m.tool_call_id in covered_tool_ids)]
     model = call.response_model or call.request_model
     usage_json = {k: v for k, v in call.usage.as_counts().items() if v is not None}
-    # Cut here (the services cut again, a no-op) to count the cuts for the batch's result.
+    # Cut here, once, to count the cuts for the batch's result; the services store these values as they are.
     request_json = provider_trace_json({"model": call.request_model, "messages": call.raw_input, **call.request_params})
     response_json = provider_trace_json(
         {
@@ -252,8 +252,8 @@ def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepR
             provider=call.provider or "unknown",
             model=model or "",
             api=str(span.attributes.get("gen_ai.operation.name") or "chat")[:32],
-            request_json=request_json.value,
-            response_json=response_json.value,
+            request_json=request_json,
+            response_json=response_json,
             latency_ms=duration // 1_000_000,
             error_type=call.error_type,
             error_message=call.error_message,
