@@ -279,3 +279,19 @@ def test_json_depth_capped_returns_shallow_values_unchanged_and_cuts_deep_ones()
         cursor = cursor[0]
     capped = json_depth_capped(deep)
     assert json.dumps(capped).startswith("[" * 64 + '"') and "nested too deeply" in json.dumps(capped)
+
+
+@pytest.mark.parametrize("size", [2000, 2001])
+def test_accept_time_and_mapping_name_the_same_cut_attributes(size):
+    """The accept-time check measures values on the wire (framing bytes included) only to find candidates: a
+    value of exactly the limit is cut by neither, one byte more by both."""
+    from traces.ingest.decode import spans_for_precheck, spans_from_request
+
+    def build(tracer) -> None:
+        with tracer.start_as_current_span("chat gpt-4o-mini", kind=SpanKind.CLIENT) as chat:
+            chat.set_attributes({"gen_ai.operation.name": "chat", "app.note": "x" * size})
+
+    request = encode_spans(_spans(build))
+    checked = spans_for_precheck(request, keys=frozenset(), max_attribute_bytes=2000)[0].cut_attributes
+    mapped = spans_from_request(request, max_attribute_bytes=2000)[0].cut_attributes
+    assert checked == mapped == ([] if size == 2000 else ["app.note"])

@@ -404,7 +404,9 @@ def spans_for_precheck(
                 cut: list[str] = []
                 if not small and span.ByteSize() > limit:
                     for kv in [*span.attributes, *(kv for event in span.events for kv in event.attributes)]:
-                        if kv.value.ByteSize() > limit:
+                        # The wire size only picks candidates (it counts framing bytes); what mapping will cut is
+                        # decided by the same rule mapping uses, so the 200's message names exactly what is cut.
+                        if kv.value.ByteSize() > limit and capped_value(any_value(kv.value), max_bytes=limit)[1]:
                             cut.append(clean(kv.key))
                 out.append(
                     OtlpSpan(
