@@ -10,9 +10,9 @@ from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts.models import Organization
 from agents.loop import run_end_events
-from agents.models import Run
-from agents.selectors import run_stream_ended
+from agents.selectors import run_get, run_stream_ended
 from agents.streams import DONE, MAX_SEQ_ID, follow, stream_closed
 from config.db import connection_release
 from config.errors import ApplicationError
@@ -24,7 +24,7 @@ def frame(event: dict[str, Any]) -> str:
     return f"data: {json.dumps(event, default=str)}\n\n"
 
 
-def relay(run_id: str, *, after: int = 0) -> Iterator[str]:
+def relay(run_id: str, *, organization: Organization, after: int = 0) -> Iterator[str]:
     """The run's events from `after` on as SSE frames, pings while idle, `[DONE]` at the end.
 
     The stream ends even when no `done` event will come: once the run is final in the database (checked at
@@ -48,7 +48,7 @@ def relay(run_id: str, *, after: int = 0) -> Iterator[str]:
         else:
             yield frame(event)
     if not stream_closed(run_id):
-        run = Run.objects.get(pk=run_id)
+        run = run_get(organization=organization, run_id=run_id)
         for message_type, payload in run_end_events(run=run):
             yield frame({"message_type": message_type, "run_id": run_id, **payload})
     yield "data: [DONE]\n\n"

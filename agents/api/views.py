@@ -112,7 +112,7 @@ class AgentMessagesStreamApi(EventStreamMixin, APIView):
     def post(self, request: Request, agent_id: str):
         run = _start_run(request, agent_id, background=False)
         loop.run_dispatch(run=run, wait=False)
-        return sse_response(relay(run.pk), request_id=run.request_id)
+        return sse_response(relay(run.pk, organization=request_organization(request)), request_id=run.request_id)
 
 
 class AgentMessagesAsyncApi(APIView):
@@ -159,9 +159,10 @@ class RunStreamApi(EventStreamMixin, APIView):
         responses={(200, "text/event-stream"): str},
     )
     def get(self, request: Request, run_id: str):
-        run = selectors.run_get(organization=request_organization(request), run_id=run_id)
+        organization = request_organization(request)
+        run = selectors.run_get(organization=organization, run_id=run_id)
         after = parse_starting_after(request.query_params.get("starting_after", "0"))
-        return sse_response(relay(run.pk, after=after), request_id=run.request_id)
+        return sse_response(relay(run.pk, organization=organization, after=after), request_id=run.request_id)
 
 
 class RunCancelApi(APIView):
