@@ -34,6 +34,7 @@ from steps.models import StepStatus
 from steps.rollups import (
     COUNT_COLUMNS,
     ERROR_ROLLUP_FILTERS,
+    ERROR_STEPS,
     ROLLUP_FILTERS,
     ErrorTotals,
     RollupRow,
@@ -380,7 +381,7 @@ def _error_groups(
     From the errors rollups when the filters allow (whole hours; ragged minutes at the ends from the
     steps), else from a scan of the steps. Both are exact.
     """
-    errored = filterset.qs.filter(status=StepStatus.FAILED, error_type__isnull=False)
+    errored = filterset.qs.filter(ERROR_STEPS)
     keys = ["error_type", *columns]
     rollup_filters = _rollup_filters(filterset, allowed=ERROR_ROLLUP_FILTERS)
     cleaned = filterset.form.cleaned_data

@@ -132,6 +132,16 @@ def error_upsert_sql(model: type[ErrorRollupHour | ErrorRollupDay]) -> tuple[str
     return sql, columns
 
 
+# An error is a failed step with an error type (a cancelled step is not one): the one rule the errors rollups,
+# their rebuild and the errors report's scan of the steps all count by.
+ERROR_STEPS = Q(status=StepStatus.FAILED, error_type__isnull=False)
+
+
+def step_is_error(step: Step) -> bool:
+    """Does `step` count as an error (`ERROR_STEPS`, for one step in memory)?"""
+    return step.status == StepStatus.FAILED and bool(step.error_type)
+
+
 def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
     """The errors rollup rows of `steps` (the failed ones: an error is a failed step; a cancelled step is not),
     merged per key and in key order.
@@ -139,7 +149,7 @@ def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any
     The fixed order keeps concurrent writers from deadlocking on the same rows."""
     rows: dict[tuple, dict[str, Any]] = {}
     for step in steps:
-        if step.status != StepStatus.FAILED or not step.error_type:
+        if not step_is_error(step):
             continue
         dims = _dimensions(step)
         bucket = bucket_of_step(step.created_at)
@@ -171,8 +181,7 @@ def step_rollup_add(*, step: Step) -> None:
         sql, columns = _upsert_sql(model)
         row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
         statements.append((sql, [row[c] for c in columns]))
-    failed = step.status == StepStatus.FAILED and step.error_type
-    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)) if failed else ():
+    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)) if step_is_error(step) else ():
         sql, columns = error_upsert_sql(model)
         for row in error_rows([step], bucket_of_step):
             adapted = {k: ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for k, v in row.items()}
@@ -242,12 +251,7 @@ def _rebuild_errors(*, organization: Organization, start: datetime | None, end: 
     """The errors rollups of [start, end) from the steps: hours by one grouped query, days from the hours."""
     dims = {d: Coalesce(d, Value("")) for d in ROLLUP_DIMENSIONS}
     hours = (
-        Step.objects.filter(
-            _range_q(start, end, "created_at"),
-            organization=organization,
-            status=StepStatus.FAILED,
-            error_type__isnull=False,
-        )
+        Step.objects.filter(_range_q(start, end, "created_at"), ERROR_STEPS, organization=organization)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC), **{f"dim_{d}": expr for d, expr in dims.items()})
         .values("hour", "error_type", *(f"dim_{d}" for d in ROLLUP_DIMENSIONS))
         .annotate(n=Count("pk"), first=Min("created_at"), last=Max("created_at"), example=greatest_id("id"))
