@@ -70,3 +70,8 @@ def run_stream_ended(*, run_id: str) -> bool:
     """
     ended = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
     return Run.objects.filter(pk=run_id, status__in=ended).exists()
+
+
+def run_cancel_requested(*, run_id: str) -> bool:
+    """Has someone asked the run to stop (its cancel flag, set from any process)?"""
+    return Run.objects.filter(pk=run_id, cancel_requested_at__isnull=False).exists()

@@ -8,8 +8,8 @@ import time
 from django.conf import settings
 from django.db import connection
 
-from agents.models import Run
 from agents.providers import CancelEvent
+from agents.selectors import run_cancel_requested
 from agents.services import run_heartbeat
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class CancelWatcher:
                         self._event.set()
                         break
                     last_beat = time.monotonic()
-                if Run.objects.filter(pk=self._run_id, cancel_requested_at__isnull=False).exists():
+                if run_cancel_requested(run_id=self._run_id):
                     self._event.set()
         except Exception:  # the database going away must not kill the run; the main loop sees it too
             logger.warning("cancel watcher for %s stopped", self._run_id, exc_info=True)
