@@ -192,7 +192,7 @@ def follow(
 
     With `run_ended` (is the run final in the database?), a run that is already final yields what is left without
     waiting, and an idle stream whose run became final meanwhile ends too: the generator then returns without a
-    `done` event and the caller closes the stream from the run's row (see `ended_without_done`).
+    `done` event and the caller closes the stream from the run's row (as `agents.api.sse.relay` does).
     """
     stream = get_run_stream()
     ended = run_ended is not None and run_ended()
