@@ -3,6 +3,7 @@
 import csv
 import io
 import statistics
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -499,9 +500,18 @@ def test_throttle_counters_are_shared_through_redis(api_client, api_key, monkeyp
     from accounts.selectors import api_key_authenticate
 
     key_id = api_key_authenticate(raw_key=api_key).pk
-    caches = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": redis_url}}
+    # A prefix of this test's own: other processes sharing this Redis (a gunicorn started by another test, whose
+    # key may have the same id on SQLite) count under theirs, so only this test's counters match the pattern.
+    prefix = f"throttle-test-{uuid.uuid4().hex}"
+    caches = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": prefix,
+        }
+    }
     client = redis.Redis.from_url(redis_url)
-    pattern = f"*throttle:api_key:{key_id}:*"  # the key is new to this test: no clearing needed
+    pattern = f"{prefix}:*throttle:api_key:{key_id}:*"
     try:
         with override_settings(CACHES=caches):
             responses = _throttled_statuses(api_client, monkeypatch, [120.0, 121.0, 122.0, 123.0])
