@@ -21,7 +21,7 @@ from genai_prices import calc_price
 from genai_prices.data_snapshot import get_snapshot
 from genai_prices.types import TieredPrices
 
-from steps.usage import Usage
+from steps.values import Usage
 
 # Steplens provider names -> genai-prices provider ids (where they differ).
 _PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "google": "google", "gemini": "google"}

@@ -175,7 +175,7 @@ class MessageRole(models.TextChoices):
 
 
 class Message(models.Model):
-    """One message of a conversation; `content` is a validated list of typed parts (steps.content)."""
+    """One message of a conversation; `content` is a validated list of typed parts (steps.values)."""
 
     id = models.CharField(primary_key=True, max_length=64, default=new_message_id, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="messages")

@@ -23,7 +23,6 @@ from pydantic import ValidationError as PydanticValidationError
 from accounts.models import Organization, Project
 from agents.models import Agent, Run, RunStatus, StopReason
 from config.errors import ApplicationError, NotFound
-from steps.content import MessageIn, validate_message
 from steps.costs import step_cost
 from steps.models import (
     ROLLUP_DIMENSIONS,
@@ -41,7 +40,7 @@ from steps.models import (
     new_message_id,
 )
 from steps.rollups import step_rollup_add
-from steps.usage import Usage
+from steps.values import MessageIn, Usage, validate_message
 from traces.models import ProviderTrace
 from traces.services import (
     PROVIDER_TRACE_COPY_COLUMNS,

@@ -15,8 +15,8 @@ from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from accounts.models import Organization
-from agents.providers.redaction import redact
 from config.errors import ApplicationError
+from config.redaction import redact
 from steps.models import Step
 from traces.models import PENDING_BATCH_STATUSES, IngestBatch, IngestBatchStatus, ProviderTrace
 from traces.truncation import Truncated, json_truncate

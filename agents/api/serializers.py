@@ -12,7 +12,7 @@ from agents.models import Agent, Run, RunStatus
 from config.errors import ApplicationError
 from config.fields import StrictBooleanField, StrictCharField, StrictFloatField, StrictIntegerField
 from steps.api.serializers import TokenCountsSerializer, typed_messages
-from steps.content import INPUT_CONTENT_SCHEMA, input_content_errors
+from steps.values import INPUT_CONTENT_SCHEMA, input_content_errors
 
 
 class ModelHandleField(StrictCharField):

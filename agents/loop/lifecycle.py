@@ -23,7 +23,6 @@ from agents.loop.step import CANCELLED, Outcome, RunState, StepInput, llm_contex
 from agents.loop.tools import run_tools
 from agents.models import Run, RunStatus, StopReason
 from agents.providers import CancelEvent, LLMRequest, ToolSpec, get_adapter
-from agents.providers.redaction import redact_text
 from agents.services import (
     RunLeased,
     lease_holder_dead,
@@ -35,6 +34,7 @@ from agents.services import (
     run_lease_retry_in,
 )
 from agents.tools import get_tool
+from config.redaction import redact_text
 from steps.models import Step, StepStatus
 from steps.services import messages_create, steps_fail_pending
 from traces import otel as telemetry

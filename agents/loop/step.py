@@ -23,10 +23,9 @@ from agents.providers import (
     ProviderError,
     StreamChunk,
 )
-from steps.content import MessageIn
 from steps.models import Message, Step, StepProgression
 from steps.services import StepMetricsIn, step_cancel, step_fail, step_finish, step_progress, step_start
-from steps.usage import Usage
+from steps.values import MessageIn, Usage
 from traces import otel as telemetry
 from traces.services import ProviderTraceIn
 

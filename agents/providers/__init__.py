@@ -24,7 +24,6 @@ from agents.providers.errors import (
     ProviderError,
 )
 from agents.providers.images import ImageFetcher, ImageFetchError
-from agents.providers.redaction import redact, redact_headers, redact_text
 from agents.providers.registry import UnknownModelHandle, get_adapter, parse_model_handle
 from agents.providers.replay import parse_recorded_response
 from agents.providers.scripted import (
@@ -40,6 +39,7 @@ from agents.providers.scripted import (
 )
 from agents.providers.transport import InMemoryTransport, WireResponse
 from agents.providers.wire import ErrorSpec, ToolCallSpec, Turn, TurnUsage, synthesize
+from config.redaction import redact, redact_headers, redact_text
 
 __all__ = [
     "APIS",

@@ -41,7 +41,7 @@ from agents.providers.history import (
     tool_returns,
 )
 from agents.providers.images import ImageData, ImageFetchError
-from steps.content import (
+from steps.values import (
     FunctionCall,
     ImageContent,
     ReasoningContent,
@@ -49,8 +49,8 @@ from steps.content import (
     TextContent,
     ToolCall,
     ToolCallContent,
+    Usage,
 )
-from steps.usage import Usage
 
 FINISH_REASONS = {
     "end_turn": "stop",

@@ -25,9 +25,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import httpx2
 
 from agents.providers.errors import ProviderCancelled, ProviderError, error_from_exception
-from agents.providers.redaction import redact, redact_text
-from steps.content import ContentPart, MessageIn, ToolCall
-from steps.usage import Usage
+from config.redaction import redact, redact_text
+from steps.values import ContentPart, MessageIn, ToolCall, Usage
 
 logger = logging.getLogger(__name__)
 

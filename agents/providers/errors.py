@@ -246,7 +246,7 @@ def error_from_http(
     # A billing quota does not come back by waiting; rate limits do.
     if error_type == RATE_LIMIT and _lower(err.get("code")) == "insufficient_quota":
         retryable = False
-    from agents.providers.redaction import redact, redact_text
+    from config.redaction import redact, redact_text
 
     return ProviderError(
         redact_text(text),

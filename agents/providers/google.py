@@ -38,7 +38,7 @@ from agents.providers.history import (
     tool_returns,
 )
 from agents.providers.images import ImageData, ImageFetchError
-from steps.content import (
+from steps.values import (
     FunctionCall,
     ImageContent,
     OmittedReasoningContent,
@@ -46,8 +46,8 @@ from steps.content import (
     TextContent,
     ToolCall,
     ToolCallContent,
+    Usage,
 )
-from steps.usage import Usage
 
 CONTENT_FILTER_REASONS = frozenset(
     {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT"}

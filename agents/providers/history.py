@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.providers.images import ImageData, ImageFetcher, ImageFetchError
-from steps.content import (
+from steps.values import (
     ImageContent,
     MessageIn,
     TextContent,

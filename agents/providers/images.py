@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import httpx2
 
-from steps.content import Base64ImageSource, ImageContent, UrlImageSource
+from steps.values import Base64ImageSource, ImageContent, UrlImageSource
 
 DEFAULT_MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's per-image limit; Gemini inline data allows more.
 DEFAULT_FETCH_TIMEOUT = 10.0

@@ -33,7 +33,7 @@ from agents.providers.history import (
     tool_returns,
 )
 from agents.providers.images import ImageFetcher
-from steps.content import (
+from steps.values import (
     FunctionCall,
     ImageContent,
     OmittedReasoningContent,
@@ -41,8 +41,8 @@ from steps.content import (
     TextContent,
     ToolCall,
     ToolCallContent,
+    Usage,
 )
-from steps.usage import Usage
 
 FINISH_REASONS = {
     "stop": "stop",

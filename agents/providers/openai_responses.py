@@ -25,7 +25,7 @@ from agents.providers.base import (
 from agents.providers.errors import ProviderError, error_from_http, malformed
 from agents.providers.history import assistant_tool_calls, message_text, parse_arguments, tool_returns
 from agents.providers.openai_chat import OpenAIChatAdapter, image_url, openai_usage
-from steps.content import (
+from steps.values import (
     FunctionCall,
     ImageContent,
     ReasoningContent,

@@ -14,7 +14,7 @@ from typing import Any
 from agents.providers.base import APIS, BaseAdapter, LLMRequest, LLMResult
 from agents.providers.errors import malformed
 from agents.providers.transport import InMemoryTransport, WireResponse
-from steps.content import MessageIn, TextContent
+from steps.values import MessageIn, TextContent
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from steps.content import ContentValidationError, validate_content, validate_message
+from steps.values import ContentValidationError, validate_content, validate_message
 
 VALID_PARTS = [
     {"type": "text", "text": "hello"},

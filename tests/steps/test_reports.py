@@ -17,7 +17,7 @@ from steps import services
 from steps.models import Step, StepRollupDay, StepRollupHour, StepStatus
 from steps.rollups import step_rollups_rebuild
 from steps.services import StepMetricsIn
-from steps.usage import Usage
+from steps.values import Usage
 from tests.factories import AgentFactory, OrganizationFactory, ProjectFactory, StepFactory
 
 pytestmark = pytest.mark.django_db

@@ -7,10 +7,9 @@ import pytest
 from agents.models import StopReason
 from config.errors import ApplicationError
 from steps import services
-from steps.content import ContentValidationError
 from steps.models import Message, Step, StepMetrics, StepProgression, StepStatus
 from steps.services import StepMetricsIn
-from steps.usage import Usage
+from steps.values import ContentValidationError, Usage
 from tests.factories import AgentFactory, RunFactory
 from traces.models import ProviderTrace
 from traces.services import ProviderTraceIn

@@ -6,7 +6,7 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from steps.usage import Usage
+from steps.values import Usage
 from tests.factories import AgentFactory, RunFactory, StepFactory
 from traces.otel import (
     FIRST_CHUNK_EVENT,

@@ -25,8 +25,7 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from steps.content import MessageIn, validate_message
-from steps.usage import Usage
+from steps.values import MessageIn, Usage, validate_message
 from traces.ingest.decode import OtlpSpan, clean_value
 from traces.truncation import json_depth_capped
 

@@ -14,9 +14,9 @@ from django.db.models import F, Max
 from accounts.models import Organization
 from agents.models import Agent, Run, RunStatus, StopReason
 from agents.services import RunRecord, agent_get_or_create, runs_record_many
-from steps.content import MessageIn, validate_message
 from steps.models import Message, Step, StepMetrics, StepOrigin
 from steps.services import StepMetricsIn, StepRecord, messages_create, steps_record_many
+from steps.values import MessageIn, validate_message
 from traces.ingest.decode import OtlpSpan
 from traces.ingest.mapping import (
     AgentInvocation,

@@ -22,9 +22,8 @@ from traces.otel.setup import Telemetry, current_telemetry
 if TYPE_CHECKING:
     from agents.models import Agent, Run
     from agents.providers.base import LLMResult
-    from steps.content import MessageIn
     from steps.models import Step
-    from steps.usage import Usage
+    from steps.values import MessageIn, Usage
 
 INSTRUMENTATION_NAME = "steplens"
 FIRST_CHUNK_EVENT = "gen_ai.first_chunk"

@@ -15,7 +15,7 @@ from agents.providers import LLMRequest, ToolSpec
 from agents.providers.base import BaseAdapter
 from agents.providers.replay import adapter_for_api
 from agents.providers.transport import InMemoryTransport, WireResponse
-from steps.content import MessageIn, TextContent
+from steps.values import MessageIn, TextContent
 from tests.conftest import IN_CI, require_service
 
 # A copy of the project's recorded provider responses lives in the repository (tests/recordings, MIT, see its

@@ -8,7 +8,7 @@ import httpx2
 import pytest
 
 from agents.providers import ImageFetcher, LLMRequest, ToolSpec, Turn, synthesize
-from steps.content import (
+from steps.values import (
     Base64ImageSource,
     FunctionCall,
     ImageContent,

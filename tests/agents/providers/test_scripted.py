@@ -19,7 +19,7 @@ from agents.providers import (
     scenario_names,
     unregister_scenario,
 )
-from steps.content import FunctionCall, MessageIn, TextContent, ToolCall, ToolReturn
+from steps.values import FunctionCall, MessageIn, TextContent, ToolCall, ToolReturn
 from tests.agents.providers.conftest import user_request
 
 TOOL_TURN = Turn(

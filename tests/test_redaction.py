@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agents.providers import ErrorSpec, Turn, redact, redact_headers, redact_text, synthesize
-from agents.providers.redaction import REDACTED
+from config.redaction import REDACTED
 from tests.agents.providers.conftest import adapter_serving, user_request
 
 SECRET = "sk-proj-SECRETsecretSECRETsecret0123456789"
