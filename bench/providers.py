@@ -29,7 +29,7 @@ warnings.simplefilter("ignore", DeprecationWarning)  # SDK model-deprecation not
 from agents.providers import LLMRequest  # noqa: E402
 from agents.providers.replay import adapter_for_api  # noqa: E402
 from agents.providers.transport import InMemoryTransport, WireResponse  # noqa: E402
-from steps.content import MessageIn, TextContent  # noqa: E402
+from steps.values import MessageIn, TextContent  # noqa: E402
 
 REQUEST = LLMRequest(
     model="m",
