@@ -26,7 +26,7 @@ app.autodiscover_tasks()
 @signals.worker_process_init.connect
 def _telemetry_setup_in_child(**_: object) -> None:
     """OpenTelemetry per prefork child: exporter threads do not survive the fork, so each child builds its own."""
-    from traces.otel.setup import telemetry_setup
+    from config.telemetry import telemetry_setup
 
     telemetry_setup()
 
@@ -35,6 +35,6 @@ def _telemetry_setup_in_child(**_: object) -> None:
 def _telemetry_setup_in_worker(sender: object = None, **_: object) -> None:
     """Solo and thread pools run tasks in the worker process itself, which no worker_process_init reaches."""
     if "prefork" not in str(getattr(sender, "pool_cls", "prefork")).lower():
-        from traces.otel.setup import telemetry_setup
+        from config.telemetry import telemetry_setup
 
         telemetry_setup()

@@ -2,7 +2,7 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
-from traces.otel.setup import telemetry_setup
+from config.telemetry import telemetry_setup
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 telemetry_setup()  # before the handler is built: Django instrumentation adds a middleware

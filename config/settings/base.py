@@ -200,7 +200,7 @@ REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.ApiKeyRateThrot
 REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {"api_key": env("STEPLENS_API_RATE", default="100000/minute")}
 
 # --- OpenTelemetry and OTLP ingest (traces/) ----------------------------------------------------------------------
-# Export is configured by the standard OTEL_* variables only (see traces/otel/setup.py), never here.
+# Export is configured by the standard OTEL_* variables only (see config/telemetry.py), never here.
 # Largest OTLP/HTTP body accepted by POST /v1/traces, compressed or inflated (413 above it).
 STEPLENS_OTLP_MAX_BODY_BYTES = env.int("STEPLENS_OTLP_MAX_BODY_BYTES", default=8 * 1024 * 1024)
 # Spans per OTLP request (413 above it, counted on the wire before anything is built): bounds the memory a small

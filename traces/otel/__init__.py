@@ -1,5 +1,14 @@
-"""OpenTelemetry for Steplens: provider setup from the standard OTEL_* variables and GenAI span/metric helpers."""
+"""OpenTelemetry for Steplens: GenAI span/metric helpers, and the process's provider set-up from the standard
+OTEL_* variables (which lives in config.telemetry, below every app, and is re-exported here for callers above)."""
 
+from config.telemetry import (
+    Telemetry,
+    build_telemetry,
+    current_telemetry,
+    telemetry_install,
+    telemetry_reset,
+    telemetry_setup,
+)
 from traces.otel.genai import (
     FIRST_CHUNK_EVENT,
     ChatSpan,
@@ -10,14 +19,6 @@ from traces.otel.genai import (
     run_span,
     tool_span,
     trace_url,
-)
-from traces.otel.setup import (
-    Telemetry,
-    build_telemetry,
-    current_telemetry,
-    telemetry_install,
-    telemetry_reset,
-    telemetry_setup,
 )
 
 __all__ = [

@@ -11,19 +11,18 @@ import json
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 from opentelemetry import metrics, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from traces.otel.setup import Telemetry, current_telemetry
+from config.telemetry import Telemetry, current_telemetry
 
 if TYPE_CHECKING:
     from agents.models import Agent, Run
-    from agents.providers.base import LLMResult
     from steps.models import Step
-    from steps.values import MessageIn, Usage
+    from steps.values import ContentPart, MessageIn, ToolCall, Usage
 
 INSTRUMENTATION_NAME = "steplens"
 FIRST_CHUNK_EVENT = "gen_ai.first_chunk"
@@ -40,6 +39,20 @@ def provider_semconv_name(provider: str | None) -> str:
     """The gen_ai.provider.name for a Steplens provider name (openai, anthropic, google ...)."""
     name = (provider or "").lower()
     return _PROVIDER_NAMES.get(name, name or "_OTHER")
+
+
+class ChatResult(Protocol):
+    """What `ChatSpan.finish` reads from a finished LLM call: the runner's LLMResult has these fields.
+
+    A protocol rather than the runner's class, so this module (traces) imports nothing from the layer above it.
+    """
+
+    content: Sequence[ContentPart]
+    tool_calls: Sequence[ToolCall]
+    usage: Usage
+    finish_reason: str | None
+    response_id: str | None
+    response_model: str | None
 
 
 class _Instruments:
@@ -64,13 +77,9 @@ class _Instruments:
         )
 
 
+# Keyed on the installed Telemetry object: config.telemetry installs a new object whenever the providers change
+# (and an empty one on reset), so a stale tracer is never used and config never has to call back into this module.
 _cached: tuple[Telemetry, trace.Tracer, _Instruments] | None = None
-
-
-def reset_instruments() -> None:
-    """Forget the cached tracer and instruments (the installed providers changed)."""
-    global _cached
-    _cached = None
 
 
 def _state() -> tuple[Telemetry, trace.Tracer, _Instruments]:
@@ -251,7 +260,7 @@ class ChatSpan:
     def finish(
         self,
         *,
-        result: LLMResult | None = None,
+        result: ChatResult | None = None,
         usage: Usage | None = None,
         finish_reason: str | None = None,
         response_id: str | None = None,

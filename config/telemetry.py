@@ -6,6 +6,11 @@ OTEL_EXPORTER_OTLP_{TRACES,METRICS}_ENDPOINT), OTEL_EXPORTER_OTLP_PROTOCOL (and 
 OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_METRIC_EXPORT_INTERVAL, OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT and
 OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT. With no endpoint set nothing is installed: the OpenTelemetry API
 stays the no-op one, so every span helper costs a function call and nothing is exported.
+
+This is the process's SDK set-up, so it sits in config, below every app: the entry points (wsgi, asgi, the Celery
+app) call `telemetry_setup` and import nothing above config. The span helpers (traces.otel.genai) read
+`current_telemetry()` and cache their tracer and instruments per installed Telemetry object, so installing or
+resetting one here needs no call back into them.
 """
 
 from __future__ import annotations
@@ -244,7 +249,7 @@ _installed_pid: int | None = None
 
 
 def current_telemetry() -> Telemetry:
-    """The Telemetry the span helpers use (an empty one before setup)."""
+    """The Telemetry the span helpers use (an empty one before setup); a new object whenever one is installed."""
     return _installed or _EMPTY
 
 
@@ -266,9 +271,6 @@ def telemetry_install(telemetry: Telemetry, *, set_global: bool = True, instrume
             metrics.set_meter_provider(telemetry.meter_provider)
     if instrument and telemetry.tracer_provider is not None:
         _instrument(telemetry)
-    from traces.otel import genai
-
-    genai.reset_instruments()
     return telemetry
 
 
@@ -277,9 +279,6 @@ def telemetry_reset() -> None:
     global _installed, _installed_pid
     with _lock:
         _installed, _installed_pid = None, None
-    from traces.otel import genai
-
-    genai.reset_instruments()
 
 
 def _instrument(telemetry: Telemetry) -> None:
