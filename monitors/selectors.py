@@ -1,0 +1,61 @@
+"""Reads of monitors, their alert events and deliveries, always scoped to one organization."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import QuerySet
+
+from accounts.models import Organization
+from config.errors import NotFound
+from monitors.models import AlertEvent, Delivery, Monitor
+
+
+def monitor_list(*, organization: Organization) -> QuerySet[Monitor]:
+    """The organization's monitors, by name."""
+    return Monitor.objects.filter(organization=organization).order_by("name", "id")
+
+
+def monitor_get(*, organization: Organization, monitor_id: str) -> Monitor:
+    """One monitor of the organization; another organization's is a 404 like a missing one."""
+    monitor = Monitor.objects.filter(organization=organization, pk=monitor_id).select_related("organization").first()
+    if monitor is None:
+        raise NotFound("Monitor not found.")
+    return monitor
+
+
+def monitor_organization(*, monitor_id: str) -> Organization | None:
+    """The organization a monitor belongs to (the console finds it before checking the user may see it)."""
+    monitor = Monitor.objects.filter(pk=monitor_id).select_related("organization").first()
+    return monitor.organization if monitor else None
+
+
+def alert_list(
+    *,
+    organization: Organization,
+    monitor: Monitor | None = None,
+    states: list[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> QuerySet[AlertEvent]:
+    """Alert events, newest first, optionally of one monitor, in some states, created in [start, end)."""
+    events = AlertEvent.objects.filter(organization=organization)
+    if monitor is not None:
+        events = events.filter(monitor=monitor)
+    if states:
+        events = events.filter(state__in=states)
+    if start is not None:
+        events = events.filter(created_at__gte=start)
+    if end is not None:
+        events = events.filter(created_at__lt=end)
+    return events.select_related("monitor").order_by("-created_at", "-id")
+
+
+def delivery_list(
+    *, organization: Organization, monitor: Monitor, ids: list[int] | None = None, limit: int = 50
+) -> list[Delivery]:
+    """The monitor's latest deliveries (or those of `ids`) with their attempts, newest first."""
+    deliveries = Delivery.objects.filter(organization=organization, monitor=monitor)
+    if ids is not None:
+        deliveries = deliveries.filter(pk__in=ids)
+    return list(deliveries.prefetch_related("attempt_log").order_by("-created_at", "-id")[:limit])

@@ -1,0 +1,30 @@
+"""Celery entry points of monitors: the periodic evaluation cycle and one notification delivery with retries."""
+
+from celery import shared_task
+from django.conf import settings
+
+from config.celery import Queue
+from monitors.services import delivery_attempt, monitors_evaluate
+
+
+@shared_task(name="monitors.evaluate_monitors", queue=Queue.DEFAULT, acks_late=True, ignore_result=True)
+def evaluate_monitors() -> dict:
+    """One evaluation cycle (Celery beat, every STEPLENS_MONITOR_EVALUATE_SECONDS)."""
+    report = monitors_evaluate()
+    return {"monitors": report.monitors, "queries": report.queries, "events": report.events,
+            "seconds": round(report.seconds, 3)}  # fmt: skip
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Seconds before retry number `attempt` (1, 2, ...): doubling from the base, capped."""
+    base = settings.STEPLENS_NOTIFY_RETRY_BASE_SECONDS
+    return min(base * 2 ** (attempt - 1), settings.STEPLENS_NOTIFY_RETRY_MAX_SECONDS)
+
+
+@shared_task(bind=True, name="monitors.deliver", queue=Queue.DEFAULT, acks_late=True, ignore_result=True,
+             max_retries=None)  # fmt: skip
+def deliver(self, *, delivery_id: int) -> None:
+    """One attempt; on a retryable failure, the next one after a backoff, up to STEPLENS_NOTIFY_MAX_ATTEMPTS."""
+    outcome, attempts = delivery_attempt(delivery_id=delivery_id, max_attempts=settings.STEPLENS_NOTIFY_MAX_ATTEMPTS)
+    if outcome is None:
+        raise self.retry(countdown=backoff_seconds(attempts), kwargs={"delivery_id": delivery_id})
