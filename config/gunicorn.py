@@ -40,3 +40,18 @@ errorlog = "-"
 # gunicorn's control socket defaults to one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl): a second
 # instance on the same host would take it over. Nothing here uses gunicornc, so it stays off.
 control_socket_disable = True
+
+
+# Metrics of every worker in one scrape (config/metrics.py): with PROMETHEUS_MULTIPROC_DIR set, each worker writes
+# its own files there. At start the files of processes that no longer exist are dropped; a worker that exits has
+# its live gauges dropped (its counters stay in the sums until the next start).
+def on_starting(server: object) -> None:
+    from config.metrics import multiprocess_dir_prune
+
+    multiprocess_dir_prune()
+
+
+def child_exit(server: object, worker: object) -> None:
+    from config.metrics import multiprocess_mark_dead
+
+    multiprocess_mark_dead(worker.pid)

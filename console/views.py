@@ -28,6 +28,7 @@ from console import charts
 from console.charts import BarChart, HBarRow, Series
 from console.dashboard import PERIODS, Period, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
 from console.selectors import chat_items, pretty_json, related_steps, run_waterfall, step_phases
+from console.system import system_view
 from steps.models import Feedback, StepMetrics
 from steps.selectors import (
     organization_with_most_steps,
@@ -477,6 +478,7 @@ def install_admin_urls(site: admin.AdminSite) -> None:
         return [
             path("dashboard/", site.admin_view(dashboard_view), name="dashboard"),
             path("errors/", site.admin_view(errors_view), name="errors"),
+            path("system/", site.admin_view(system_view), name="system"),
             *original(),
         ]
 

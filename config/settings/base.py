@@ -4,6 +4,8 @@ from pathlib import Path
 
 import environ
 
+from config.logging_setup import logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -29,10 +31,13 @@ INSTALLED_APPS = [
     "agents",
     "steps",
     "traces",
+    "ops",  # probes, metrics and the system page's state: reads the apps below, below the console
     "console",  # last: its admin replaces the apps' model admins with its pages (console/admin.py)
 ]
 
 MIDDLEWARE = [
+    # First: times every request (http.server.request.duration) and gives its log lines the request's ids.
+    "config.request_metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin CSS, Swagger UI) from the web process itself: gunicorn serves none.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -146,14 +151,15 @@ REDIS_URL = env("REDIS_URL", default=CELERY_BROKER_URL if CELERY_BROKER_URL.star
 # "http://localhost:16686/trace/{trace_id}" (Jaeger). Empty: no link.
 STEPLENS_TRACE_URL_TEMPLATE = env("STEPLENS_TRACE_URL_TEMPLATE", default="")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"httpx": {"level": "WARNING"}, "httpx2": {"level": "WARNING"}},
-}
+# LOG_FORMAT=json: one JSON object per line with request, organization, run and step ids; plain (the default) is
+# one readable line. Either way secrets are scrubbed and WARNING+ records go to the recent-errors ring
+# (config/logging_setup.py) that the console's system page shows, at most STEPLENS_RECENT_ERRORS of them.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env("LOG_LEVEL", default="INFO"))
+STEPLENS_RECENT_ERRORS = env.int("STEPLENS_RECENT_ERRORS", default=100)
+# Celery workers keep this configuration (JSON lines, the scrubbing, the ring) instead of replacing the root
+# logger's handlers with their own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Beat's record of when each periodic task last ran, kept out of the source tree's root (var/ is
 # git-ignored); losing it only makes each sweep run once at beat's next start.
@@ -240,3 +246,20 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ReasoningSourceEnum": [("model", "model"), ("summary", "summary")],
     "RequestErrorSourceEnum": [("run", "run"), ("step", "step"), ("provider_trace", "provider_trace")],
 }
+
+# --- Operating Steplens (ops/, config/metrics.py; README "Operating Steplens") ---------------------------------------
+# GET /metrics (Prometheus text) is served only when this token is set, to scrapes sending "Authorization: Bearer
+# <token>". Metrics of several processes (gunicorn workers, Celery children) are summed through the directory named
+# by the PROMETHEUS_MULTIPROC_DIR environment variable (read by prometheus-client itself, before settings load).
+STEPLENS_METRICS_TOKEN = env("STEPLENS_METRICS_TOKEN", default="")
+# Each readiness check, queue-depth read and worker broadcast gives up after this long.
+STEPLENS_OPS_CHECK_TIMEOUT_SECONDS = env.float("STEPLENS_OPS_CHECK_TIMEOUT_SECONDS", default=2.0)
+# The console's warning banner: mapping lag (age of the oldest unmapped OTLP batch) and queue depth thresholds, a
+# periodic task late after this many of its periods; the banner is recomputed at most this often.
+STEPLENS_OPS_WARN_MAPPING_LAG_SECONDS = env.int("STEPLENS_OPS_WARN_MAPPING_LAG_SECONDS", default=300)
+STEPLENS_OPS_WARN_QUEUE_DEPTH = env.int("STEPLENS_OPS_WARN_QUEUE_DEPTH", default=1000)
+STEPLENS_OPS_PERIODIC_LATE_FACTOR = env.float("STEPLENS_OPS_PERIODIC_LATE_FACTOR", default=4.0)
+STEPLENS_OPS_BANNER_CACHE_SECONDS = env.int("STEPLENS_OPS_BANNER_CACHE_SECONDS", default=15)
+# The state gauges (backlog, lag, queues, runs, pending steps) over OTLP: each exporting process reads them once per
+# OTEL_METRIC_EXPORT_INTERVAL; turn off on all hosts but one to read them once.
+STEPLENS_OTEL_STATE_METRICS = env.bool("STEPLENS_OTEL_STATE_METRICS", default=True)

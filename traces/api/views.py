@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from accounts.authentication import request_organization
 from config.errors import ApplicationError
 from config.exceptions import database_unavailable
+from config.metrics import ingest_request_rejected_record, ingest_spans_accepted_record
 from traces.api.openapi import OTLP_TRACES_SCHEMA
 from traces.ingest.decode import JSON, PROTOBUF, encode_response
 from traces.services import IngestOverloaded, trace_batch_accept
@@ -94,8 +95,15 @@ def _discard(stream: Any) -> None:
         left -= len(piece)
 
 
-def _status(status: int, message: str, *, content_type: str = JSON, retry_after: int | None = None) -> HttpResponse:
+# The reason label of steplens_ingest_requests_rejected (config.metrics) for each refusal status.
+_REJECT_REASONS = {400: "bad_request", 411: "length_required", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+def _status(
+    status: int, message: str, *, content_type: str = JSON, retry_after: int | None = None, reason: str | None = None
+) -> HttpResponse:
     """An error in the OTLP/HTTP way: a google.rpc.Status, encoded like the request (JSON when unknown)."""
+    ingest_request_rejected_record(reason=reason or _REJECT_REASONS.get(status, str(status)))
     code = _RPC_CODES.get(status, 2)
     if content_type == PROTOBUF:
         from google.rpc.status_pb2 import Status
@@ -141,7 +149,9 @@ class OtlpTracesApi(APIView):
 
         slots = _ingest_slots()
         if not slots.acquire(blocking=False):
-            return _status(503, "Ingest is saturated; retry later.", content_type=content_type, retry_after=1)
+            return _status(
+                503, "Ingest is saturated; retry later.", content_type=content_type, retry_after=1, reason="saturated"
+            )
         try:
             accepted = trace_batch_accept(
                 organization=request_organization(request),
@@ -150,7 +160,9 @@ class OtlpTracesApi(APIView):
                 content_encoding="gzip" if encoding == "gzip" else "identity",
             )
         except IngestOverloaded as exc:
-            return _status(503, exc.message, content_type=content_type, retry_after=exc.retry_after)
+            return _status(
+                503, exc.message, content_type=content_type, retry_after=exc.retry_after, reason="backlog_full"
+            )
         except ApplicationError as exc:
             return _status(exc.status_code, exc.message, content_type=content_type)
         except DatabaseError as exc:
@@ -163,9 +175,11 @@ class OtlpTracesApi(APIView):
                 "Storage unavailable; retry later.",
                 content_type=content_type,
                 retry_after=settings.STEPLENS_DB_RETRY_AFTER_SECONDS,
+                reason="database_unavailable",
             )
         finally:
             slots.release()
+        ingest_spans_accepted_record(accepted=accepted.span_count - accepted.rejected, rejected=accepted.rejected)
         # Mapped already (embedded mode): report what mapping found; else what the accept-time checks found.
         outcome = accepted.result or accepted
         return HttpResponse(
