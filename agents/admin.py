@@ -9,13 +9,12 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from agents.models import Agent, Run
-from agents.services import model_handle_validate
-from agents.tools import validate_tool_names
+from agents.services import agent_values_check
 from config.errors import ApplicationError
 
 
 class AgentForm(forms.ModelForm):
-    """The same checks as the API: a runnable model handle and registered tools."""
+    """The same checks as the API: a runnable model handle and registered tools (the runtime's registered check)."""
 
     class Meta:
         model = Agent
@@ -26,12 +25,12 @@ class AgentForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
-        for field, check in (("model_handle", model_handle_validate), ("tools", validate_tool_names)):
+        for field in ("model_handle", "tools"):
             value = data.get(field)
             if value is None:
                 continue
             try:
-                check(list(value) if field == "tools" else value)
+                agent_values_check({field: list(value) if field == "tools" else value})
             except ApplicationError as exc:
                 self.add_error(field, f"{exc.message} {exc.extra.get(field, '')}".strip())
         return data

@@ -31,9 +31,10 @@ from django.core.management import call_command  # noqa: E402
 from kombu import Connection  # noqa: E402
 
 from agents.models import Run  # noqa: E402
-from agents.services import agent_create, run_start  # noqa: E402
-from agents.tasks import run_agent  # noqa: E402
+from agents.services import agent_create  # noqa: E402
 from config.celery import app as celery_app  # noqa: E402
+from runner.services import run_start  # noqa: E402
+from runner.tasks import run_agent  # noqa: E402
 from steps.models import Step, StepProgression  # noqa: E402
 from tests.factories import OrganizationFactory  # noqa: E402
 from tests.faults.runs_support import (  # noqa: E402

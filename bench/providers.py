@@ -26,9 +26,9 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.test")
 warnings.simplefilter("ignore", DeprecationWarning)  # SDK model-deprecation notices
 
-from agents.providers import LLMRequest  # noqa: E402
-from agents.providers.replay import adapter_for_api  # noqa: E402
-from agents.providers.transport import InMemoryTransport, WireResponse  # noqa: E402
+from runner.providers import LLMRequest  # noqa: E402
+from runner.providers.replay import adapter_for_api  # noqa: E402
+from runner.providers.transport import InMemoryTransport, WireResponse  # noqa: E402
 from steps.values import MessageIn, TextContent  # noqa: E402
 
 REQUEST = LLMRequest(

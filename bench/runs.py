@@ -52,8 +52,9 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def overhead(organization, runs: int) -> None:
-    from agents.loop import run_execute
-    from agents.services import agent_create, run_start
+    from agents.services import agent_create
+    from runner.loop import run_execute
+    from runner.services import run_start
     from steps.models import StepMetrics
 
     rows = []
@@ -87,7 +88,8 @@ def throughput(organization, runs: int, workers: int) -> float:
     from django.db import transaction
 
     from agents.models import Run, RunStatus
-    from agents.services import agent_create, run_enqueue, run_start
+    from agents.services import agent_create
+    from runner.services import run_enqueue, run_start
 
     agent = agent_create(
         organization=organization, name=f"bench-throughput-{workers}-{time.time_ns()}",

@@ -5,5 +5,5 @@ from django.urls import include, path
 urlpatterns = [
     path("", include("steps.api.urls")),
     path("", include("traces.api.urls")),
-    path("", include("agents.api.urls")),
+    path("", include("runner.api.urls")),
 ]

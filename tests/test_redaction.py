@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from agents.providers import ErrorSpec, Turn, redact, redact_headers, redact_text, synthesize
 from config.redaction import REDACTED
-from tests.agents.providers.conftest import adapter_serving, user_request
+from runner.providers import ErrorSpec, Turn, redact, redact_headers, redact_text, synthesize
+from tests.runner.providers.conftest import adapter_serving, user_request
 
 SECRET = "sk-proj-SECRETsecretSECRETsecret0123456789"
 GOOGLE_SECRET = "AIzaSyD-SECRETsecretSECRETsecret012345678"

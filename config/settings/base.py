@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "agents",
     "steps",
     "traces",
+    "runner",
     "ops",  # probes, metrics and the system page's state: reads the apps below, below the console
     "console",  # last: its admin replaces the apps' model admins with its pages (console/admin.py)
 ]

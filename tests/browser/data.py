@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from django.core.management import call_command
 
 from accounts.models import Organization
-from agents.loop import run_execute
 from agents.models import Agent, Run
-from agents.providers import (
+from agents.services import agent_create
+from runner.loop import run_execute
+from runner.providers import (
     ErrorSpec,
     Scenario,
     ToolCallSpec,
@@ -17,7 +18,7 @@ from agents.providers import (
     register_scenario,
     unregister_scenario,
 )
-from agents.services import agent_create, run_start
+from runner.services import run_start
 
 CHART_SCENARIO = "admin-chart-anthropic"
 CHART_VALUES = [3, 1, 4, 1, 5, 9, 2, 6]

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from agents.models import Run, RunStatus
-from agents.services import agent_create, run_enqueue, run_start
+from agents.services import agent_create
+from runner.services import run_enqueue, run_start
 from steps.models import Step, StepStatus
 from tests.faults.runs_support import (
     OwnRedis,

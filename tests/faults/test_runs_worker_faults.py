@@ -15,7 +15,8 @@ from datetime import timedelta
 import pytest
 
 from agents.models import Run
-from agents.services import agent_create, run_enqueue, run_start, runs_recover_stale
+from agents.services import agent_create
+from runner.services import run_enqueue, run_start, runs_recover_stale
 from steps.models import Step, StepProgression
 from steps.services import steps_fail_stale
 from tests.faults.runs_support import (

@@ -20,9 +20,10 @@ from opentelemetry.util._once import Once
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
-from agents.loop import run_execute
-from agents.providers import replay
-from agents.services import agent_create, run_start
+from agents.services import agent_create
+from runner.loop import run_execute
+from runner.providers import replay
+from runner.services import run_start
 from steps.models import Step
 from tests.factories import OrganizationFactory
 from traces.otel import Telemetry, telemetry_install
