@@ -3,6 +3,7 @@ switched from succeeding to failing (the scripted provider's context-window erro
 
 import itertools
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ def receiver(settings) -> Iterator[Receiver]:
     state = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with state.lock:
                 state.requests.append(Received(headers=dict(self.headers.items()), body=body))
@@ -81,15 +82,17 @@ def smtp_server(settings) -> Iterator[Smtp]:
     from aiosmtpd.controller import Controller
     from aiosmtpd.handlers import Message
 
-    state = Smtp(host="127.0.0.1", port=0)
+    with socket.socket() as probe:  # aiosmtpd's readiness check connects to the port it was given, so not 0
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    state = Smtp(host="127.0.0.1", port=port)
 
     class Keep(Message):
         def handle_message(self, message) -> None:
             state.messages.append(message)
 
-    controller = Controller(Keep(), hostname="127.0.0.1", port=0)
+    controller = Controller(Keep(), hostname=state.host, port=state.port)
     controller.start()
-    state.port = controller.server.sockets[0].getsockname()[1]
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = state.host, state.port
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
