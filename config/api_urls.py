@@ -6,4 +6,5 @@ urlpatterns = [
     path("", include("steps.api.urls")),
     path("", include("traces.api.urls")),
     path("", include("runner.api.urls")),
+    path("", include("monitors.api.urls")),
 ]

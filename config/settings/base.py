@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "steps",
     "traces",
     "runner",
+    "monitors",
     "ops",  # probes, metrics and the system page's state: reads the apps below, below the console
     "console",  # last: its admin replaces the apps' model admins with its pages (console/admin.py)
 ]
@@ -247,6 +248,30 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "ReasoningSourceEnum": [("model", "model"), ("summary", "summary")],
     "RequestErrorSourceEnum": [("run", "run"), ("step", "step"), ("provider_trace", "provider_trace")],
 }
+
+# --- Monitors and alerts (monitors/; README "Monitors and alerts") -------------------------------------------------
+# Evaluation cycle period (Celery beat); the recovery margin (a fraction of the threshold) an alert must cross back
+# before it resolves; notifications per monitor and cycle at most (every event is recorded regardless).
+STEPLENS_MONITOR_EVALUATE_SECONDS = env.float("STEPLENS_MONITOR_EVALUATE_SECONDS", default=60.0)
+STEPLENS_MONITOR_RECOVERY_MARGIN = env.float("STEPLENS_MONITOR_RECOVERY_MARGIN", default=0.1)
+STEPLENS_MONITOR_MAX_NOTIFICATIONS_PER_CYCLE = env.int("STEPLENS_MONITOR_MAX_NOTIFICATIONS_PER_CYCLE", default=20)
+CELERY_BEAT_SCHEDULE["evaluate-monitors"] = {
+    "task": "monitors.evaluate_monitors",
+    "schedule": STEPLENS_MONITOR_EVALUATE_SECONDS,
+}
+# Webhook and email delivery: attempts (the first included), backoff doubling from BASE up to MAX seconds, the
+# timeout of one webhook POST, and whether URLs may point at private, loopback or link-local addresses.
+STEPLENS_NOTIFY_MAX_ATTEMPTS = env.int("STEPLENS_NOTIFY_MAX_ATTEMPTS", default=6)
+STEPLENS_NOTIFY_RETRY_BASE_SECONDS = env.float("STEPLENS_NOTIFY_RETRY_BASE_SECONDS", default=30.0)
+STEPLENS_NOTIFY_RETRY_MAX_SECONDS = env.float("STEPLENS_NOTIFY_RETRY_MAX_SECONDS", default=900.0)
+STEPLENS_NOTIFY_TIMEOUT_SECONDS = env.float("STEPLENS_NOTIFY_TIMEOUT_SECONDS", default=10.0)
+STEPLENS_NOTIFY_ALLOW_PRIVATE = env.bool("STEPLENS_NOTIFY_ALLOW_PRIVATE", default=False)
+STEPLENS_NOTIFY_FROM_EMAIL = env("STEPLENS_NOTIFY_FROM_EMAIL", default="steplens@localhost")
+# Base of the links in notifications (the console and the API as users reach them).
+STEPLENS_PUBLIC_URL = env("STEPLENS_PUBLIC_URL", default="http://127.0.0.1:8000")
+# Email goes through Django's backend: EMAIL_URL=smtp://user:password@host:587 (or smtp+tls://, smtp+ssl://);
+# the default prints emails on the console.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
 
 # --- Operating Steplens (ops/, config/metrics.py; README "Operating Steplens") ---------------------------------------
 # GET /metrics (Prometheus text) is served only when this token is set, to scrapes sending "Authorization: Bearer
