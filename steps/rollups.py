@@ -22,6 +22,7 @@ from django.db.models import Count, Max, Min, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, Collate, TruncDay, TruncHour, TruncWeek
 
 from accounts.models import Organization
+from config.db_router import read_connection
 from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
 from steps.models import (
     ERROR_ROLLUP_KEY,
@@ -630,6 +631,6 @@ def _segment_rows_postgres(
     sql = f"SELECT {', '.join([*keys, computed])} FROM {model._meta.db_table} WHERE {' AND '.join(where)}"
     if keys:
         sql += " GROUP BY " + ", ".join(str(i) for i in range(1, len(keys) + 1))
-    with connection.cursor() as cursor:
+    with read_connection(model).cursor() as cursor:  # the replica where the request may read from it
         cursor.execute(sql, params)
         return cursor.fetchall()

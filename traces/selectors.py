@@ -2,11 +2,10 @@
 
 from dataclasses import dataclass, field
 
-from django.db import connection
-
 from accounts.models import Organization
 from agents.models import Agent, Run
 from config.db import ModelRows, placeholders
+from config.db_router import read_connection
 from config.errors import NotFound
 from steps.models import Message, Step, StepMetrics
 from traces.models import ProviderTrace
@@ -52,7 +51,8 @@ def request_get(*, organization: Organization, request_id: str) -> RequestRecord
     through the ORM took longer than running them); not found when nothing carries the id.
     """
     org = organization.pk
-    with connection.cursor() as cursor:
+    db = read_connection(Step)  # the replica where the request may read from it
+    with db.cursor() as cursor:
         cursor.execute(
             f"SELECT {_RUN.columns('r')}, a.id, a.name FROM {_RUN.table} r LEFT JOIN {ModelRows(Agent).table} a "
             "ON a.id = r.agent_id WHERE r.organization_id = %s AND r.request_id = %s ORDER BY r.created_at, r.id",
@@ -62,7 +62,7 @@ def request_get(*, organization: Organization, request_id: str) -> RequestRecord
         for row in cursor.fetchall():
             run = _RUN.load(row)
             if row[_RUN.width] is not None:
-                run.agent = Agent.from_db(connection.alias, _AGENT_NAME, row[_RUN.width :])
+                run.agent = Agent.from_db(db.alias, _AGENT_NAME, row[_RUN.width :])
             runs.append(run)
         run_ids = [run.pk for run in runs]
 

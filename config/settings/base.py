@@ -4,6 +4,7 @@ from pathlib import Path
 
 import environ
 
+from config.db_router import REPLICA, ROUTER, replica_settings
 from config.logging_setup import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
@@ -45,6 +46,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.RejectNulMiddleware",
     "config.middleware.ApiErrorMiddleware",
+    "config.middleware.ReplicaReadsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -85,6 +87,14 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         transaction_mode="IMMEDIATE",
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     )
+
+# A PostgreSQL streaming replica of DATABASE_URL, parsed the same way (README "Read replicas"): lists, reports and the
+# console read from it; without it every query goes to the one database.
+if env("DATABASE_REPLICA_URL", default=""):
+    DATABASES[REPLICA] = replica_settings(env.db("DATABASE_REPLICA_URL"), primary=DATABASES["default"])
+    DATABASE_ROUTERS = [ROUTER]
+# Seconds a browser's console pages read the primary after it sent a form, so the page it lands on shows the change.
+STEPLENS_REPLICA_PIN_SECONDS = env.int("STEPLENS_REPLICA_PIN_SECONDS", default=10)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

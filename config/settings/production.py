@@ -2,6 +2,7 @@
 
 from django.core.exceptions import ImproperlyConfigured
 
+from config.db_router import REPLICA, ROUTER, replica_settings
 from config.settings.base import *  # noqa: F403
 from config.settings.base import env
 
@@ -15,6 +16,9 @@ DEBUG = False
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if env("DATABASE_REPLICA_URL", default=""):  # as in base.py, with the primary's production connection settings
+    DATABASES[REPLICA] = replica_settings(env.db("DATABASE_REPLICA_URL"), primary=DATABASES["default"])
+    DATABASE_ROUTERS = [ROUTER]
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # Rate-limit counters shared by every web process: Redis when there is one.
 CACHES = {"default": env.cache("CACHE_URL", default=REDIS_URL or "locmemcache://")}  # noqa: F405

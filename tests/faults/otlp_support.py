@@ -116,6 +116,7 @@ def production_env(database_url: str, **extra: str) -> dict[str, str]:
     """The environment of a production web or worker process against `database_url`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_", "STEPLENS_", "OTEL_"))}
     env.pop("DATABASE_URL", None)
+    env.pop("DATABASE_REPLICA_URL", None)  # a replica of the suite's database is not one of this server's
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings.production",
         DJANGO_SECRET_KEY=secrets.token_hex(24),
