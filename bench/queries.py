@@ -48,6 +48,7 @@ TARGETS_MS = {
     "step list: agent, 50 rows": 20,
     "request-id join": 10,
     "usage: 30 days by model, day": 50,
+    "usage: 30 days (unaligned) by model, day": 50,
     "errors: 30 days by type": 50,
 }
 
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--organization", default="bench")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--with-scans", action="store_true", help="Also time the exact (scan) usage report.")
+    parser.add_argument("--only", default="", help="Time only the queries whose name contains this text.")
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         sys.exit("Run against PostgreSQL: DATABASE_URL=postgres://...")
@@ -122,6 +124,11 @@ def main() -> None:
     day_window = {"start": (today - timedelta(days=29)).isoformat(), "end": (today + timedelta(days=1)).isoformat()}
     hour_window = {"start": (hour - timedelta(days=30)).isoformat(), "end": (hour + timedelta(hours=1)).isoformat()}
     raw_window = {"start": (now - timedelta(days=30)).isoformat(), "end": now.isoformat()}
+    # The dashboard's and monitors' kind of window: from a moment to the second, to tomorrow's midnight.
+    ragged_window = {
+        "start": (now - timedelta(days=30)).replace(microsecond=0).isoformat(),
+        "end": (today + timedelta(days=1)).isoformat(),
+    }
     first_page = client.get("/v1/steps", {"agent_id": agents[0], "limit": 50}).json()
 
     def get(path: str, params: dict | None = None) -> Callable[[int], object]:
@@ -162,6 +169,7 @@ def main() -> None:
         ("run usage", get(f"/v1/runs/{detailed_runs[0]}/usage")),
         ("usage: 30 days by model, day", get("/v1/usage", {"group_by": "model,day", **day_window})),
         ("usage: 30 days (hour-aligned) by model, day", get("/v1/usage", {"group_by": "model,day", **hour_window})),
+        ("usage: 30 days (unaligned) by model, day", get("/v1/usage", {"group_by": "model,day", **ragged_window})),
         ("usage: 30 days by agent, provider", get("/v1/usage", {"group_by": "agent,provider", **day_window})),
         (
             "usage: 7 days by hour",
@@ -182,17 +190,20 @@ def main() -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"\n{total:,} steps in {organization.name!r}; {args.runs} runs per query after 3 warm-ups; load {load}\n")
     header = f"| {'query':<45} | {'p50 ms':>8} | {'p95 ms':>8} | {'cpu ms':>6} | {'target':>7} | {'rows':>5} "
-    header += f"| {'source':>7} |"
+    header += f"| {'source':>12} |"
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for name, call in queries:
+        if args.only not in name:
+            continue
         runs = args.runs if "scan" not in name else max(3, args.runs // 5)
         p50, p95, cpu, result = _measure(call, runs, warmup=1 if "scan" in name else 3)
         target = TARGETS_MS.get(name)
         verdict = f"≤{target}" if target else ""
         source = result.get("source", "") if isinstance(result, dict) else ""
         print(
-            f"| {name:<45} | {p50:>8.1f} | {p95:>8.1f} | {cpu:>6.1f} | {verdict:>7} | {rows(result):>5} | {source:>7} |"
+            f"| {name:<45} | {p50:>8.1f} | {p95:>8.1f} | {cpu:>6.1f} | {verdict:>7} | {rows(result):>5} "
+            f"| {source:>12} |"
         )
     print()
 

@@ -2,12 +2,15 @@
 
 Two ways to answer, same numbers for counts, tokens and cost:
 
-- **rollups** (steps.rollups): used when every filter is a rollup dimension (agent_id, project_id,
-  model, model_handle, provider, start, end), the grouping is too (model, model_handle, provider,
-  agent, project, hour, day, week) and start/end fall on whole UTC hours. Milliseconds at any size;
-  percentiles are read from log-scale histograms (each within its 26%-wide bucket, interpolated).
+- **rollups** (steps.rollups, through steps.report_windows): used when every filter is a rollup dimension
+  (agent_id, project_id, model, model_handle, provider, start, end) and the grouping is too (model,
+  model_handle, provider, agent, project, hour, day, week), on any window holding a whole UTC hour: whole
+  days and hours from the rollups, the ragged minutes at both ends from the steps (`source` "rollup+steps").
+  Milliseconds at any size; percentiles are read from log-scale histograms (each within its 26%-wide
+  bucket, interpolated), the edges' steps counted into the same buckets.
 - **steps**: a scan of the matching steps, grouped and with exact percentiles (percentile_cont on
-  PostgreSQL) — for every other filter or grouping, or when the caller asks for `exact`.
+  PostgreSQL) — for every other filter or grouping, a window shorter than its first whole hour, or when
+  the caller asks for `exact`.
 
 Both count ended steps only (success, failed, cancelled): a pending step has no usage yet.
 """
@@ -31,6 +34,14 @@ from config.errors import ApplicationError
 from steps.filters import StepFilterSet, step_filterset
 from steps.histograms import percentiles_from_counts
 from steps.models import StepStatus
+from steps.report_windows import (
+    SOURCE_ROLLUP,
+    SOURCE_ROLLUP_AND_STEPS,
+    SOURCE_STEPS,
+    WindowSplit,
+    rollup_window_totals,
+    window_split,
+)
 from steps.rollups import (
     COUNT_COLUMNS,
     ERROR_ROLLUP_FILTERS,
@@ -39,12 +50,9 @@ from steps.rollups import (
     ErrorTotals,
     RollupRow,
     greatest_id,
-    hour_ceil,
-    hour_of,
     merge_into,
     rollup_errors,
     rollup_step_counts,
-    rollup_totals,
 )
 
 TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
@@ -91,7 +99,7 @@ class Report:
 
     group_by: list[str]
     rows: list[dict[str, Any]]
-    source: str  # "rollup" or "steps"
+    source: str  # "rollup", "rollup+steps" or "steps" (steps.report_windows)
     exact_percentiles: bool
     truncated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -202,14 +210,19 @@ def usage_report(
     exact: bool = False,
     limit: int = MAX_ROWS,
 ) -> Report:
-    """Usage per group: steps, tokens, cache hit ratio, cost, errors, latency and TTFT percentiles."""
+    """Usage per group: steps, tokens, cache hit ratio, cost, errors, latency and TTFT percentiles.
+
+    `filters` are the step filters of GET /v1/usage (start and end included). With only rollup filters and
+    groupings, any window reads the rollups for its whole hours and days and the steps for its ragged ends
+    (steps.report_windows); otherwise, with `exact`, or for a window holding no whole hour, a scan of the steps.
+    """
     group_by = parse_group_by(group_by, allowed=USAGE_GROUPS)
     filterset = step_filterset(organization=organization, params=filters or {})
     keys = [OUTPUT_KEYS[g] for g in group_by]
     rollup_filters = None if exact or not set(group_by) <= ROLLUP_GROUPS else _rollup_filters(filterset)
     report = None
     if rollup_filters is not None:
-        report = _usage_from_rollups(organization, filterset, group_by, rollup_filters)
+        report = _usage_from_rollups(organization, filterset, group_by, rollup_filters, limit=limit)
     if report is None:
         report = _usage_from_steps(filterset.qs, group_by, limit=limit)
     report.rows.sort(key=lambda row: _sort_key(row, keys))
@@ -220,31 +233,45 @@ def usage_report(
 
 
 def _usage_from_rollups(
-    organization: Organization, filterset: StepFilterSet, group_by: list[str], filters: dict[str, list[str]]
+    organization: Organization,
+    filterset: StepFilterSet,
+    group_by: list[str],
+    filters: dict[str, list[str]],
+    *,
+    limit: int,
 ) -> Report | None:
+    """The report from the rollups plus the ragged edges' steps, or None when the window holds no whole hour."""
     cleaned = filterset.form.cleaned_data
     columns = [USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
-    totals = rollup_totals(
-        organization=organization, start=cleaned.get("start"), end=cleaned.get("end"), filters=filters,
-        group_by=columns,
+    answer = rollup_window_totals(
+        organization=organization, steps=filterset.qs, start=cleaned.get("start"), end=cleaned.get("end"),
+        filters=filters, group_by=columns,
     )  # fmt: skip
-    if totals is None:
+    if answer is None:
         return None
+    totals, source = answer
+    keys = [OUTPUT_KEYS[g] for g in group_by]
     rows = []
     for key, summed in totals.items():
         if summed.counts["steps"] == 0:
             continue
-        row = {OUTPUT_KEYS[g]: (_iso(value) if value != "" else None) for g, value in zip(group_by, key, strict=True)}
-        row.update(_rollup_measures(summed))
+        row = {name: _iso(value) for name, value in zip(keys, key, strict=True)}
+        row.update(usage_measures(summed))
         rows.append(row)
-    return Report(group_by=group_by, rows=rows, source="rollup", exact_percentiles=False)
+    truncated = len(rows) > limit
+    if truncated:  # the same groups a scan keeps: the first `limit` in key order
+        rows.sort(key=lambda row: _sort_key(row, keys))
+        del rows[limit:]
+    return Report(group_by=group_by, rows=rows, source=source, exact_percentiles=False, truncated=truncated)
 
 
-def _rollup_measures(summed: RollupRow) -> dict[str, Any]:
+def usage_measures(totals: RollupRow) -> dict[str, Any]:
+    """A usage report row's measures (steps, tokens, cache hit ratio, cost, errors, latency and TTFT percentiles
+    in ms) from summed totals: a rollup row, steps summed the same way, or both merged."""
     return _measures(
-        steps=summed.counts["steps"], errors=summed.counts["error_steps"], tokens=summed.counts,
-        cost=summed.cost_usd, latency=percentiles_from_counts(summed.latency, _FRACTIONS),
-        ttft=percentiles_from_counts(summed.ttft, _FRACTIONS),
+        steps=totals.counts["steps"], errors=totals.counts["error_steps"], tokens=totals.counts,
+        cost=totals.cost_usd, latency=percentiles_from_counts(totals.latency, _FRACTIONS),
+        ttft=percentiles_from_counts(totals.ttft, _FRACTIONS),
     )  # fmt: skip
 
 
@@ -342,7 +369,7 @@ def errors_report(
     results = results[:MAX_ROWS]
 
     denominators, totals_source = _step_totals(organization, params, group_by)
-    source = "rollup" if errors_source == totals_source == "rollup" else "steps"
+    source = _combined_source(errors_source, totals_source)
     overall = sum(denominators.values())
     rows = []
     for result in results:
@@ -372,6 +399,15 @@ def errors_report(
     )  # fmt: skip
 
 
+def _combined_source(*sources: str) -> str:
+    """What a report read that combines parts read each their own way."""
+    if all(source == SOURCE_ROLLUP for source in sources):
+        return SOURCE_ROLLUP
+    if all(source == SOURCE_STEPS for source in sources):
+        return SOURCE_STEPS
+    return SOURCE_ROLLUP_AND_STEPS
+
+
 def _error_groups(
     organization: Organization, filterset: StepFilterSet, group_by: list[str], columns: list[str]
 ) -> tuple[list[dict[str, Any]], str]:
@@ -385,24 +421,18 @@ def _error_groups(
     keys = ["error_type", *columns]
     rollup_filters = _rollup_filters(filterset, allowed=ERROR_ROLLUP_FILTERS)
     cleaned = filterset.form.cleaned_data
-    start, end = cleaned.get("start"), cleaned.get("end")
-    inner_start = hour_ceil(start) if start is not None else None
-    inner_end = hour_of(end) if end is not None else None
-    if rollup_filters is None or (inner_start is not None and inner_end is not None and inner_start >= inner_end):
-        return _error_rows(_scan_errors(errored, group_by, limit=MAX_ROWS + 1), keys), "steps"
+    split = window_split(start=cleaned.get("start"), end=cleaned.get("end"))
+    if rollup_filters is None or split is None:
+        return _error_rows(_scan_errors(errored, group_by, limit=MAX_ROWS + 1), keys), SOURCE_STEPS
     totals = (
         rollup_errors(
-            organization=organization, start=inner_start, end=inner_end, filters=rollup_filters, group_by=keys
+            organization=organization, start=split.inner_start, end=split.inner_end, filters=rollup_filters,
+            group_by=keys,
         )
         or {}
-    )
+    )  # fmt: skip
     merged = {tuple(None if v == "" else v for v in key): value for key, value in totals.items()}
-    edges = []
-    if start is not None and inner_start != start:
-        edges.append(errored.filter(created_at__lt=inner_start))
-    if end is not None and inner_end != end:
-        edges.append(errored.filter(created_at__gte=inner_end))
-    for edge in edges:
+    for edge in _edges(errored, split):
         merge_into(
             merged,
             (
@@ -418,7 +448,7 @@ def _error_groups(
          "last_seen": t.last_seen, "example": t.example_step_id}
         for key, t in merged.items()
     ]  # fmt: skip
-    return _error_rows(rows, keys)[: MAX_ROWS + 1], "rollup"
+    return _error_rows(rows, keys)[: MAX_ROWS + 1], SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
 
 
 def _scan_errors(errored: QuerySet, group_by: list[str], limit: int | None = None) -> list[dict[str, Any]]:
@@ -453,28 +483,25 @@ def _step_totals(
     filterset = step_filterset(organization=organization, params=params)
     ended = filterset.qs.exclude(status=StepStatus.PENDING)
     rollup_filters = _rollup_filters(filterset)
-    if rollup_filters is None:
-        return _count_steps(ended, group_by), "steps"
     cleaned = filterset.form.cleaned_data
-    start, end = cleaned.get("start"), cleaned.get("end")
-    inner_start = hour_ceil(start) if start is not None else None
-    inner_end = hour_of(end) if end is not None else None
-    if inner_start is not None and inner_end is not None and inner_start >= inner_end:
-        return _count_steps(ended, group_by), "steps"  # less than an hour: the steps are few
+    split = window_split(start=cleaned.get("start"), end=cleaned.get("end"))
+    if rollup_filters is None or split is None:  # no whole hour in the window: its steps are few
+        return _count_steps(ended, group_by), SOURCE_STEPS
     columns = [ERROR_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
     totals = rollup_step_counts(
-        organization=organization, start=inner_start, end=inner_end, filters=rollup_filters, group_by=columns
-    )
-    counts = {tuple(_iso(v) if v != "" else None for v in key): steps for key, steps in totals.items()}
-    edges = []
-    if start is not None and inner_start != start:
-        edges.append(ended.filter(created_at__lt=inner_start))
-    if end is not None and inner_end != end:
-        edges.append(ended.filter(created_at__gte=inner_end))
-    for edge in edges:
+        organization=organization, start=split.inner_start, end=split.inner_end, filters=rollup_filters,
+        group_by=columns,
+    )  # fmt: skip
+    counts = {tuple(_iso(v) if v != "" else None for v in key): steps for key, steps in (totals or {}).items()}
+    for edge in _edges(ended, split):
         for key, n in _count_steps(edge, group_by).items():
             counts[key] = counts.get(key, 0) + n
-    return counts, "rollup"
+    return counts, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
+
+
+def _edges(queryset: QuerySet, split: WindowSplit) -> list[QuerySet]:
+    """`queryset` cut to each ragged edge of `split`."""
+    return [queryset.filter(created_at__gte=low, created_at__lt=high) for low, high in split.edges]
 
 
 def _count_steps(queryset: QuerySet, group_by: list[str]) -> dict[tuple, int]:

@@ -13,6 +13,7 @@ from django.test import override_settings
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
+from config.errors import ApplicationError
 from steps import services
 from steps.models import Step, StepRollupDay, StepRollupHour, StepStatus
 from steps.rollups import step_rollups_rebuild
@@ -172,9 +173,10 @@ def test_usage_with_agent_names(api_client, dataset):
         ({"tags": "vip"}, "steps"),
         ({"status": "failed"}, "steps"),
         ({"agent_id": "AGENT", "model": "gpt-4o-mini"}, "rollup"),
-        ({"start": "2026-02-02T10:30:00Z"}, "steps"),  # not on an hour: only a scan is exact
+        ({"start": "2026-02-02T10:30:00Z"}, "rollup+steps"),  # not on an hour: the first 30 minutes from the steps
         ({"start": "2026-02-02T05:00:00Z", "end": "2026-02-05T17:00:00Z"}, "rollup"),  # hours at both ragged ends
         ({"start": "2026-02-03T05:00:00Z", "end": "2026-02-03T17:00:00Z"}, "rollup"),  # within one day
+        ({"start": "2026-02-03T05:10:00Z", "end": "2026-02-03T05:50:00Z"}, "steps"),  # no whole hour: a scan
     ],
 )
 def test_usage_filters_pick_the_right_source_and_the_right_steps(api_client, organization, dataset, params, source):
@@ -225,6 +227,226 @@ def test_usage_of_another_organization_is_invisible(api_client):
     for exact in ("false", "true"):
         assert api_client.get("/v1/usage", {"group_by": "model", "exact": exact}).json()["data"] == []
     assert api_client.get("/v1/errors").json()["data"] == []
+
+
+# --- any window: rollups for the whole hours and days, steps for the ragged ends ----------------
+
+
+@pytest.fixture
+def minute_steps(organization):
+    """130 ended steps every 37 minutes (seconds apart too) over three and a half days from DAY0, some on a whole
+    hour or a window bound exactly, across two agents, two models, a project and none; failed and cancelled ones;
+    latencies and TTFTs over many histogram buckets. Plus a pending step and another organization's step."""
+    project = ProjectFactory(organization=organization)
+    agents = [AgentFactory(organization=organization, project=project), AgentFactory(organization=organization)]
+    moments = [DAY0 + timedelta(minutes=37 * i, seconds=(i * 13) % 60) for i in range(120)]
+    moments += [DAY0 + timedelta(hours=h) for h in (10, 11, 24, 25)]  # on whole hours and midnight
+    moments += [datetime(2026, 2, 1, 5, 17, 30, tzinfo=UTC), datetime(2026, 2, 2, 21, 5, tzinfo=UTC)]  # on bounds
+    moments += [datetime(2026, 2, 1, 23, 59, 59, 999999, tzinfo=UTC), datetime(2026, 2, 2, 10, 59, tzinfo=UTC)]
+    moments += [datetime(2026, 2, 2, 10, 41, tzinfo=UTC), datetime(2026, 2, 2, 11, 7, tzinfo=UTC)]
+    moments += [datetime(2026, 2, 2, 9, 59, 59, 500000, tzinfo=UTC), datetime(2026, 2, 2, 11, tzinfo=UTC)]
+    for i, when in enumerate(moments):
+        _record(organization, agents[i % 2], i=i, when=when, fail=i % 7 == 3)
+        if i % 11 == 5:  # ended without usage, as a run cancelled mid-step leaves it
+            services.step_cancel(step=services.step_start(organization=organization, agent=agents[1], model="gpt-4o",
+                                                          provider_name="openai", created_at=when))  # fmt: skip
+    services.step_start(organization=organization, agent=agents[0], model="gpt-4o-mini", created_at=DAY0)  # pending
+    other = OrganizationFactory()
+    _record(other, AgentFactory(organization=other), i=1, when=DAY0 + timedelta(hours=10, minutes=30))
+    return agents
+
+
+# (start, end, source): every kind of window over the data above.
+WINDOWS = [
+    (None, None, "rollup"),
+    ("2026-02-01T00:00:00Z", "2026-02-03T00:00:00Z", "rollup"),  # whole days
+    ("2026-02-01T05:00:00Z", "2026-02-02T17:00:00Z", "rollup"),  # whole hours around whole days
+    ("2026-02-01T05:17:30Z", "2026-02-03T00:00:00Z", "rollup+steps"),  # ragged start (a step on it)
+    ("2026-02-01T00:00:00Z", "2026-02-02T21:05:00Z", "rollup+steps"),  # ragged end (a step on it, left out)
+    ("2026-02-01T03:17:00Z", "2026-02-03T21:05:09.500000Z", "rollup+steps"),  # both ragged
+    ("2026-02-01T23:10:00Z", "2026-02-02T01:50:00Z", "rollup+steps"),  # across UTC midnight, one whole hour
+    ("2026-02-01T23:59:59Z", "2026-02-02T00:00:01Z", "steps"),  # two seconds around midnight
+    ("2026-02-02T09:59:59Z", "2026-02-02T11:00:01Z", "rollup+steps"),  # one whole hour and a second each side
+    ("2026-02-02T10:05:00Z", "2026-02-02T10:59:30Z", "steps"),  # within one hour
+    ("2026-02-02T10:40:00Z", "2026-02-02T11:20:00Z", "steps"),  # across an hour, no whole one
+    ("2026-02-02T10:30:00Z", None, "rollup+steps"),  # ragged start, no end
+    (None, "2026-02-02T10:30:00+02:00", "rollup+steps"),  # ragged end, no start, another offset
+    ("2026-01-20T00:00:30Z", "2026-03-01T00:00:00Z", "rollup+steps"),  # ragged edges without steps
+]
+GROUPINGS = ["", "model", "hour", "day", "week", "model,day", "agent,provider", "project,hour", "model_handle,week"]
+EXACT_FIELDS = (
+    "steps", "prompt_tokens", "completion_tokens", "total_tokens", "cached_input_tokens", "cache_write_tokens",
+    "reasoning_tokens", "cache_hit_ratio", "cost_usd", "error_count", "error_rate",
+)  # fmt: skip
+
+
+def _step_key(step: Step, group_by: list[str]) -> tuple:
+    """A step's group, as a report row names it."""
+    from steps.reports import USAGE_GROUPS
+
+    key = []
+    for name in group_by:
+        moment = step.created_at.astimezone(UTC)
+        if name == "hour":
+            key.append(moment.replace(minute=0, second=0, microsecond=0).isoformat())
+        elif name == "day":
+            key.append(moment.replace(hour=0, minute=0, second=0, microsecond=0).isoformat())
+        elif name == "week":
+            day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+            key.append((day - timedelta(days=day.weekday())).isoformat())
+        else:
+            key.append(getattr(step, USAGE_GROUPS[name]) or None)
+    return tuple(key)
+
+
+def _row_key(row: dict, group_by: list[str]) -> tuple:
+    from steps.reports import OUTPUT_KEYS
+
+    return tuple(row[OUTPUT_KEYS[name]] for name in group_by)
+
+
+def _histogram_percentiles_ms(steps: list[Step]) -> dict[str, float | None]:
+    """The percentiles a histogram of these steps gives (steps.histograms), rounded as a report row rounds them."""
+    from steps.histograms import BUCKETS, bucket_of, percentiles_from_counts
+
+    result = {}
+    for measure in ("latency", "ttft"):
+        counts = [0] * BUCKETS
+        for step in steps:
+            value = getattr(step, f"{measure}_ns")
+            if value is not None:
+                counts[bucket_of(value)] += 1
+        values = percentiles_from_counts(counts, [0.5, 0.95, 0.99])
+        for label, value in zip(("p50", "p95", "p99"), values, strict=True):
+            result[f"{measure}_ms_{label}"] = None if value is None else round(value / 1000) / 1000
+    return result
+
+
+def _window_params(start: str | None, end: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("start", start), ("end", end)) if v is not None}
+
+
+def _window_steps(organization, start: str | None, end: str | None, **filters) -> list[Step]:
+    steps = Step.objects.filter(organization=organization, **filters).exclude(status=StepStatus.PENDING)
+    if start is not None:
+        steps = steps.filter(created_at__gte=datetime.fromisoformat(start))
+    if end is not None:
+        steps = steps.filter(created_at__lt=datetime.fromisoformat(end))
+    return list(steps)
+
+
+@pytest.mark.parametrize(("start", "end", "source"), WINDOWS)
+def test_usage_on_any_window_equals_a_scan_and_the_histogram_of_its_steps(
+    api_client, organization, minute_steps, start, end, source
+):
+    """For every window and grouping: counts, tokens, cost and errors equal the exact scan's; percentiles equal
+    those of a histogram of the window's steps (the rollups' buckets merged with the ragged steps' buckets)."""
+    window = _window_params(start, end)
+    in_window = _window_steps(organization, start, end)
+    assert in_window or start == "2026-01-20T00:00:30Z"
+    for group_by in GROUPINGS:
+        names = group_by.split(",") if group_by else []
+        body = api_client.get("/v1/usage", {"group_by": group_by, **window}).json()
+        scan = api_client.get("/v1/usage", {"group_by": group_by, "exact": "true", **window}).json()
+        assert (body["source"], scan["source"]) == (source, "steps"), (group_by, body)
+        assert body["exact_percentiles"] is (source == "steps")
+        assert [_row_key(r, names) for r in body["data"]] == [_row_key(r, names) for r in scan["data"]], group_by
+        groups = defaultdict(list)
+        for step in in_window:
+            groups[_step_key(step, names)].append(step)
+        assert {_row_key(r, names) for r in body["data"]} == set(groups) - ({()} if not in_window else set())
+        for got, scanned in zip(body["data"], scan["data"], strict=True):
+            assert {k: got[k] for k in EXACT_FIELDS} == {k: scanned[k] for k in EXACT_FIELDS}, (group_by, got)
+            if source != "steps":
+                assert {k: got[k] for k in (*LATENCY_KEYS, *TTFT_KEYS)} == _histogram_percentiles_ms(
+                    groups[_row_key(got, names)]
+                ), (group_by, got)
+
+
+LATENCY_KEYS = ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99")
+TTFT_KEYS = ("ttft_ms_p50", "ttft_ms_p95", "ttft_ms_p99")
+
+
+def test_usage_on_a_ragged_window_with_rollup_filters_reads_the_rollups(api_client, organization, minute_steps):
+    window = {"start": "2026-02-01T03:17:00Z", "end": "2026-02-03T21:05:09Z"}
+    params = {"agent_id": minute_steps[0].id, "model": "gpt-4o-mini,claude-sonnet-4-5", "group_by": "provider,day"}
+    body = api_client.get("/v1/usage", {**params, **window}).json()
+    scan = api_client.get("/v1/usage", {**params, **window, "exact": "true"}).json()
+    assert body["source"] == "rollup+steps"
+    assert body["data"] and [{k: r[k] for k in EXACT_FIELDS} for r in body["data"]] == [
+        {k: r[k] for k in EXACT_FIELDS} for r in scan["data"]
+    ]
+    steps = _window_steps(organization, window["start"], window["end"], agent_id=minute_steps[0].id)
+    assert sum(r["steps"] for r in body["data"]) == len(steps)
+
+
+def test_usage_on_a_ragged_window_with_a_filter_the_rollups_lack_scans(api_client, organization, minute_steps):
+    window = {"start": "2026-02-01T03:17:00Z", "end": "2026-02-03T21:05:09Z"}
+    body = api_client.get("/v1/usage", {"user_id": "u-1", "group_by": "model", **window}).json()
+    assert (body["source"], body["exact_percentiles"]) == ("steps", True)
+    steps = _window_steps(organization, window["start"], window["end"], user_id="u-1")
+    _check_rows(body["data"], _expected(steps, key=lambda s: s.model), key=lambda r: r["model"], exact_percentiles=True)
+
+
+def test_usage_limit_keeps_the_first_groups_either_way(api_client, minute_steps):
+    window = {"start": "2026-02-01T03:17:00Z", "end": "2026-02-02T21:05:09Z"}
+    body = api_client.get("/v1/usage", {"group_by": "hour", "limit": 5, **window}).json()
+    scan = api_client.get("/v1/usage", {"group_by": "hour", "limit": 5, "exact": "true", **window}).json()
+    assert body["source"] == "rollup+steps" and body["truncated"] is scan["truncated"] is True
+    assert [r["hour"] for r in body["data"]] == [r["hour"] for r in scan["data"]]
+    assert len(body["data"]) == 5
+
+
+@pytest.mark.parametrize(("start", "end", "source"), WINDOWS[3:10])
+def test_usage_window_totals_for_monitors_equal_the_steps_summed_as_the_rollups_sum_them(
+    organization, minute_steps, start, end, source
+):
+    from steps.report_windows import steps_totals, usage_window_totals
+
+    moments = {k: datetime.fromisoformat(v) for k, v in _window_params(start, end).items()}
+    window = Step.objects.filter(organization=organization, created_at__gte=moments["start"],
+                                 created_at__lt=moments["end"])  # fmt: skip
+    for group_by, filters in (([], {}), (["model", "hour"], {"provider": ["openai"]}), (["user"], {})):
+        totals = usage_window_totals(organization=organization, filters=filters, group_by=group_by, **moments)
+        expected_source = source if "user" not in group_by else "steps"
+        assert totals.source == expected_source
+        scanned = window.filter(provider_name="openai") if filters else window
+        columns = [{"user": "user_id"}.get(g, g) for g in group_by]
+        expected = steps_totals(scanned, columns)
+        assert set(totals.groups) == set(expected), group_by
+        for key, row in totals.groups.items():
+            want = expected[key]
+            assert (row.counts, row.cost_usd, list(row.latency), list(row.ttft)) == (
+                want.counts, want.cost_usd, list(want.latency), list(want.ttft)
+            ), (group_by, key)  # fmt: skip
+
+
+def test_usage_window_totals_take_any_step_filter(organization, minute_steps):
+    from steps.report_windows import usage_window_totals
+
+    start, end = datetime(2026, 2, 1, 3, 17, tzinfo=UTC), datetime(2026, 2, 3, 21, 5, tzinfo=UTC)
+    totals = usage_window_totals(
+        organization=organization, start=start, end=end, filters={"tags": "vip", "start": "2020-01-01T00:00:00Z"}
+    )
+    vip = [s for s in _window_steps(organization, start.isoformat(), end.isoformat()) if "vip" in s.tags]
+    assert totals.source == "steps"
+    assert totals.groups[()].counts["steps"] == len(vip) > 0
+    with pytest.raises(ApplicationError):
+        usage_window_totals(organization=organization, start=start, end=end, filters={"status": "bogus"})
+
+
+def test_dashboard_on_a_ragged_period_adds_up_like_a_scan(organization, minute_steps):
+    from console.dashboard import Period, dashboard_get
+
+    period = Period(key="custom", label="custom", start=datetime(2026, 2, 1, 3, 17, tzinfo=UTC),
+                    end=datetime(2026, 2, 3, 21, 5, 9, tzinfo=UTC), bucket="day")  # fmt: skip
+    dashboard = dashboard_get(organization=organization, period=period)
+    steps = _window_steps(organization, period.start.isoformat(), period.end.isoformat())
+    assert dashboard.source == "rollup+steps"
+    assert dashboard.overall["steps"] == len(steps)
+    assert Decimal(dashboard.overall["cost_usd"]) == sum((s.cost_usd or Decimal(0) for s in steps), Decimal(0))
+    assert sum(row["steps"] for row in dashboard.by_time) == len(steps)
+    assert {row["day"][:10] for row in dashboard.by_time} == {"2026-02-01", "2026-02-02", "2026-02-03"}
 
 
 # --- CSV ----------------------------------------------------------------------------------------
@@ -441,7 +663,9 @@ def test_errors_report_from_rollups_equals_a_scan_of_the_steps(api_client, datas
     filter, which selects the same failed steps, sends the report to the scan)."""
     from_rollups = api_client.get("/v1/errors", {"group_by": group_by, **window}).json()
     scanned = api_client.get("/v1/errors", {"group_by": group_by, "status": "failed,cancelled", **window}).json()
-    assert from_rollups["source"] == "rollup" and scanned["source"] == "steps"
+    # The status filter scans the errors; their denominators (which ignore it) still come from the rollups.
+    assert from_rollups["source"] == ("rollup+steps" if "T03:17" in window.get("start", "") else "rollup")
+    assert scanned["source"] == "rollup+steps"
     assert from_rollups["data"] and from_rollups["data"] == scanned["data"]
     assert from_rollups["total_errors"] == scanned["total_errors"]
 

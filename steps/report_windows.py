@@ -1,0 +1,233 @@
+"""Usage totals over any window: whole days and hours from the rollups, the ragged minutes at both ends from the steps.
+
+A window [start, end) splits into an inner part on whole UTC hours, [hour_ceil(start), hour_of(end)), which
+`steps.rollups.rollup_totals` answers (StepRollupDay for the whole days in it, StepRollupHour for the hours
+around them), and at most two edges shorter than an hour, [start, hour_ceil(start)) and [hour_of(end), end),
+which are read from the steps. An edge is summed the way the rollups sum a step: the same counts, token and
+cost sums, and latency and TTFT counted into the same histogram buckets (steps.histograms). So the merged
+totals are exactly what an hourly rollup cut at the window's own bounds would hold: counts, tokens and cost
+equal a scan of the steps, and a percentile read from the merged histogram equals the one read from a
+histogram of the window's steps.
+
+Reading the edges costs at most two hours of one organization's steps, whatever the table's size.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import connections
+from django.db.models import Count, F, Func, IntegerField, Q, QuerySet, Sum
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import TruncDay, TruncHour, TruncWeek
+
+from accounts.models import Organization
+from steps.filters import step_filterset
+from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
+from steps.models import StepStatus
+from steps.rollups import COUNT_COLUMNS, ROLLUP_FILTERS, RollupRow, hour_ceil, hour_of, merge_into, rollup_totals
+
+TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
+# Rollup dimensions by the step column that holds them (the same names in both tables).
+ROLLUP_COLUMNS = frozenset({"model", "model_handle", "provider_name", "agent_id", "project_id"})
+# What a report read, in its `source`: the rollups only, the rollups plus the steps of the ragged edges,
+# or only the steps.
+SOURCE_ROLLUP = "rollup"
+SOURCE_ROLLUP_AND_STEPS = "rollup+steps"
+SOURCE_STEPS = "steps"
+_TOKEN_COLUMNS = COUNT_COLUMNS[2:]
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSplit:
+    """[start, end) as an inner part on whole hours (None: unbounded on that side) and the ragged edges around it."""
+
+    inner_start: datetime | None
+    inner_end: datetime | None
+    edges: tuple[tuple[datetime | None, datetime | None], ...]
+
+
+def window_split(*, start: datetime | None, end: datetime | None) -> WindowSplit | None:
+    """The window's whole hours and its ragged edges (each shorter than an hour), or None when it holds no whole
+    hour: the rollups have nothing to add then, and its steps are few."""
+    inner_start = hour_ceil(start) if start is not None else None
+    inner_end = hour_of(end) if end is not None else None
+    if inner_start is not None and inner_end is not None and inner_start >= inner_end:
+        return None
+    edges = []
+    if start is not None and inner_start != start:
+        edges.append((start, inner_start))
+    if end is not None and inner_end != end:
+        edges.append((inner_end, end))
+    return WindowSplit(inner_start=inner_start, inner_end=inner_end, edges=tuple(edges))
+
+
+class _WidthBucket(Func):
+    """width_bucket(column, BOUNDS_NS) on PostgreSQL: the histogram bucket index, as steps.histograms.bucket_of
+    computes it (and as the rollups' rebuild does)."""
+
+    function = "width_bucket"
+    output_field = IntegerField()
+
+    def __init__(self, column: str) -> None:
+        super().__init__(F(column), RawSQL("%s::bigint[]", (list(BOUNDS_NS),)))
+
+
+def report_key(values: Sequence[Any]) -> tuple[Any, ...]:
+    """A group key as reports compare them: no value is None (the rollups store it as ""), times in UTC."""
+    return tuple(
+        None if value == "" or value is None else value.astimezone(UTC) if isinstance(value, datetime) else value
+        for value in values
+    )
+
+
+def steps_totals(queryset: QuerySet, group_by: Sequence[str]) -> dict[tuple[Any, ...], RollupRow]:
+    """The ended steps of `queryset` summed per group as the rollups sum them (RollupRow: counts, cost, latency and
+    TTFT histograms).
+
+    `group_by` holds step columns and at most one of hour/day/week (the truncated created_at, in UTC); keys are
+    report_key tuples in `group_by` order. The database groups by key and histogram bucket, so the rows read are
+    at most the steps, and in practice far fewer.
+    """
+    queryset = queryset.exclude(status=StepStatus.PENDING)
+    postgres = connections[queryset.db].vendor == "postgresql"
+    annotations: dict[str, Any] = {g: TIME_UNITS[g]("created_at", tzinfo=UTC) for g in group_by if g in TIME_UNITS}
+    if postgres:
+        annotations["latency_bucket"] = _WidthBucket("latency_ns")
+        annotations["ttft_bucket"] = _WidthBucket("ttft_ns")
+    else:  # SQLite has no width_bucket: group by the values and bucket them here (the embedded data is small)
+        annotations["latency_bucket"] = F("latency_ns")
+        annotations["ttft_bucket"] = F("ttft_ns")
+    grouped = (
+        queryset.annotate(**annotations)
+        .values(*group_by, "latency_bucket", "ttft_bucket")
+        .annotate(
+            n_steps=Count("pk"),
+            n_errors=Count("pk", filter=Q(status=StepStatus.FAILED)),
+            sum_cost_usd=Sum("cost_usd"),
+            **{f"sum_{name}": Sum(name) for name in _TOKEN_COLUMNS},
+        )
+        .order_by()
+    )
+    result: dict[tuple[Any, ...], RollupRow] = {}
+    for row in grouped.iterator():
+        key = report_key([row[g] for g in group_by])
+        totals = result.get(key)
+        if totals is None:
+            totals = result[key] = RollupRow(
+                counts=dict.fromkeys(COUNT_COLUMNS, 0), cost_usd=Decimal(0), latency=[0] * BUCKETS, ttft=[0] * BUCKETS
+            )
+        n = row["n_steps"]
+        totals.counts["steps"] += n
+        totals.counts["error_steps"] += row["n_errors"]
+        for name in _TOKEN_COLUMNS:
+            totals.counts[name] += row[f"sum_{name}"] or 0
+        totals.cost_usd += Decimal(row["sum_cost_usd"] or 0)
+        for histogram, value in ((totals.latency, row["latency_bucket"]), (totals.ttft, row["ttft_bucket"])):
+            if value is not None:
+                histogram[value if postgres else bucket_of(value)] += n  # type: ignore[index]
+    return result
+
+
+def rollup_window_totals(
+    *,
+    organization: Organization,
+    steps: QuerySet,
+    start: datetime | None,
+    end: datetime | None,
+    filters: Mapping[str, Sequence[str]],
+    group_by: Sequence[str],
+) -> tuple[dict[tuple[Any, ...], RollupRow], str] | None:
+    """Totals per group over [start, end): the whole hours and days from the rollups, the ragged edges from `steps`.
+
+    `steps` must be the window's matching steps (the same filters as `filters`, which maps ROLLUP_FILTERS names to
+    accepted values, plus the window itself); `group_by` holds rollup columns and at most one of hour/day/week.
+    Returns the totals keyed by report_key tuples, and the source read (SOURCE_ROLLUP, or SOURCE_ROLLUP_AND_STEPS
+    when an edge was read from the steps); None when the window holds no whole hour.
+    """
+    split = window_split(start=start, end=end)
+    if split is None:
+        return None
+    inner = rollup_totals(
+        organization=organization, start=split.inner_start, end=split.inner_end, filters=dict(filters),
+        group_by=list(group_by),
+    )  # fmt: skip
+    if inner is None:  # cannot happen: the inner bounds are whole hours
+        raise AssertionError(f"rollups refused the whole hours [{split.inner_start}, {split.inner_end})")
+    totals = merge_into({}, ((report_key(key), row) for key, row in inner.items()))
+    for edge_start, edge_end in split.edges:
+        edge = steps
+        if edge_start is not None:
+            edge = edge.filter(created_at__gte=edge_start)
+        if edge_end is not None:
+            edge = edge.filter(created_at__lt=edge_end)
+        merge_into(totals, steps_totals(edge, group_by).items())
+    return totals, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
+
+
+@dataclass(slots=True)
+class WindowTotals:
+    """Usage totals per group over one window, and what was read to compute them."""
+
+    groups: dict[tuple[Any, ...], RollupRow]
+    source: str
+
+
+# usage_window_totals group_by name -> step column (the usage report's names; see steps.reports.USAGE_GROUPS).
+WINDOW_GROUPS = {
+    "model": "model",
+    "model_handle": "model_handle",
+    "provider": "provider_name",
+    "agent": "agent_id",
+    "project": "project_id",
+    "run": "run_id",
+    "user": "user_id",
+    "conversation": "conversation_id",
+    "hour": "hour",
+    "day": "day",
+    "week": "week",
+}
+
+
+def usage_window_totals(
+    *,
+    organization: Organization,
+    start: datetime | None,
+    end: datetime | None,
+    filters: Mapping[str, Any] | None = None,
+    group_by: Sequence[str] = (),
+) -> WindowTotals:
+    """Usage totals of `organization`'s ended steps created in [start, end) and matching `filters`, per group.
+
+    For callers that evaluate a window of their own (monitors): `filters` are step filters as GET /v1/steps
+    takes them (`{"model": ["gpt-4o"], "user_id": "u-1"}`; a `start`/`end` in them is overridden by the
+    arguments), `group_by` names from WINDOW_GROUPS (at most one of hour/day/week). Invalid filters raise
+    ApplicationError (a 400 naming each field).
+
+    Each group's RollupRow holds exact counts (`counts["steps"]`, `counts["error_steps"]`, token sums), the exact
+    `cost_usd`, and latency/TTFT histograms: read percentiles with steps.histograms.percentiles_from_counts
+    (within one 26%-wide bucket of the exact value), or a report row with steps.reports.usage_measures. The
+    histograms are used whichever way the totals were read, so a percentile never changes with the source:
+    filters and groups the rollups carry read the rollups plus the ragged edges (`source` "rollup" or
+    "rollup+steps"); any other filter or group, or a window holding no whole hour, reads the steps ("steps").
+    """
+    unknown = [name for name in group_by if name not in WINDOW_GROUPS]
+    if unknown:
+        raise ValueError(f"not a usage group: {', '.join(unknown)}")
+    params = {k: v for k, v in (filters or {}).items() if k not in ("start", "end")}
+    params.update({k: v for k, v in (("start", start), ("end", end)) if v is not None})
+    filterset = step_filterset(organization=organization, params=params)
+    columns = [WINDOW_GROUPS[name] for name in group_by]
+    active = filterset.active_filters()
+    if active <= {*ROLLUP_FILTERS, "start", "end"} and all(c in ROLLUP_COLUMNS or c in TIME_UNITS for c in columns):
+        cleaned = filterset.form.cleaned_data
+        rollup_filters = {name: cleaned[name] for name in active if name in ROLLUP_FILTERS}
+        answer = rollup_window_totals(
+            organization=organization, steps=filterset.qs, start=cleaned.get("start"), end=cleaned.get("end"),
+            filters=rollup_filters, group_by=columns,
+        )  # fmt: skip
+        if answer is not None:
+            return WindowTotals(groups=answer[0], source=answer[1])
+    return WindowTotals(groups=steps_totals(filterset.qs, columns), source=SOURCE_STEPS)
