@@ -254,7 +254,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "RunStatusEnum": "agents.models.RunStatus",
     "FeedbackEnum": "steps.models.Feedback",
     "ToolReturnStatusEnum": [("success", "success"), ("error", "error")],
-    "ReportSourceEnum": [("rollup", "rollup"), ("steps", "steps")],
+    "ReportSourceEnum": [("rollup", "rollup"), ("rollup+steps", "rollup+steps"), ("steps", "steps")],
     "ReasoningSourceEnum": [("model", "model"), ("summary", "summary")],
     "RequestErrorSourceEnum": [("run", "run"), ("step", "step"), ("provider_trace", "provider_trace")],
 }

@@ -351,7 +351,10 @@ class UsageRowSerializer(serializers.Serializer):
 
 class _ReportSerializer(serializers.Serializer):
     group_by = serializers.ListField(child=serializers.CharField())
-    source = serializers.ChoiceField(choices=["rollup", "steps"], help_text="What answered: rollups or a scan.")
+    source = serializers.ChoiceField(
+        choices=["rollup", "rollup+steps", "steps"],
+        help_text="What answered: the rollups, the rollups plus the steps of the window's ragged ends, or a scan.",
+    )
     exact_percentiles = serializers.BooleanField()
     truncated = serializers.BooleanField()
 
