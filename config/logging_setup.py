@@ -58,8 +58,9 @@ def log_request_bind(request: Any) -> contextvars.Token:
     return _request.set(request)
 
 
-def log_request_reset(token: contextvars.Token) -> None:
-    _request.reset(token)
+def log_request_forget() -> None:
+    """The request is answered: later lines of this thread or task are not its."""
+    _request.set(None)
 
 
 def current_log_context() -> dict[str, Any]:

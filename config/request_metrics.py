@@ -4,9 +4,10 @@ written while it is served."""
 import time
 from collections.abc import Callable
 
+from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
 
-from config.logging_setup import log_request_bind, log_request_reset
+from config.logging_setup import log_request_bind, log_request_forget
 from config.metrics import http_request_record
 
 # The methods of the HTTP conventions; anything else is recorded as `_OTHER`, so a client cannot mint series.
@@ -25,14 +26,15 @@ class RequestMetricsMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         started = time.perf_counter()
-        token = log_request_bind(request)
+        # Bound until the response is closed (request_finished), not only until this returns: Django logs the
+        # "Not Found" and "Internal Server Error" lines of 4xx and 5xx answers after the middleware chain.
+        log_request_bind(request)
         status = 500
         try:
             response = self.get_response(request)
             status = response.status_code
             return response
         finally:
-            log_request_reset(token)
             match = getattr(request, "resolver_match", None)
             route = "/" + match.route if match is not None and match.route is not None else ""
             http_request_record(
@@ -41,3 +43,10 @@ class RequestMetricsMiddleware:
                 status=status,
                 duration_s=time.perf_counter() - started,
             )
+
+
+def _forget_request(**_: object) -> None:
+    log_request_forget()
+
+
+request_finished.connect(_forget_request, dispatch_uid="steplens.log_request_forget")

@@ -143,7 +143,7 @@ def readiness_check() -> list[CheckResult]:
     database_down = False
     for name, check in _checks():
         started = time.perf_counter()
-        if name == "migrations" and database_down:
+        if name == "migrations" and database_down and not _migrations_applied:
             results.append(CheckResult(name, False, "skipped: the database is unavailable", 0.0))
             continue
         try:

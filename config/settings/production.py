@@ -16,6 +16,11 @@ DEBUG = False
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Seconds to wait for a connection (libpq's connect_timeout): an unreachable database host fails /readyz and the
+# requests quickly instead of after the operating system's TCP timeout.
+DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+    "connect_timeout", env.int("DATABASE_CONNECT_TIMEOUT", default=5)
+)
 if env("DATABASE_REPLICA_URL", default=""):  # as in base.py, with the primary's production connection settings
     DATABASES[REPLICA] = replica_settings(env.db("DATABASE_REPLICA_URL"), primary=DATABASES["default"])
     DATABASE_ROUTERS = [ROUTER]
@@ -29,6 +34,13 @@ https_only = env.bool("DJANGO_HTTPS", default=True)
 SECURE_SSL_REDIRECT = https_only
 SESSION_COOKIE_SECURE = https_only
 CSRF_COOKIE_SECURE = https_only
+# Load balancers and Kubernetes probe over plain HTTP inside the network: the probes and the scrape answer there
+# instead of redirecting (README, "Operating Steplens").
+SECURE_REDIRECT_EXEMPT = [r"^(?:healthz|readyz|metrics)$"]
+if not https_only:
+    # DJANGO_HTTPS=false asks for plain HTTP: `check --deploy` would only repeat that choice (no redirect, no secure
+    # cookies, and HSTS, which only an HTTPS answer can send).
+    SILENCED_SYSTEM_CHECKS = ["security.W004", "security.W008", "security.W012", "security.W016"]
 # HSTS pins browsers to HTTPS for the host (and its subdomains, or the browsers' preload list) for this long:
 # opt in once every service there is HTTPS, since a browser that saw it cannot be told otherwise.
 SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
