@@ -1,11 +1,18 @@
-"""API key authentication for every /v1/ endpoint: `Authorization: Bearer <key>` (or `x-api-key`)."""
+"""API key authentication for every /v1/ endpoint: `Authorization: Bearer <key>` (or `x-api-key`), and what a
+key's scope and project allow.
+
+Scopes: `ingest` only sends traces (POST /v1/traces), `read` only reads (GET/HEAD/OPTIONS), `full` anything.
+A key limited to a project: its request's organization carries `scoped_project_id` (selectors narrow by it,
+see `accounts.selectors.project_scope`) and its query parameters carry `project_id` (every step filter and
+report narrows by it); asking for another project's data finds nothing.
+"""
 
 from typing import Any
 
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from accounts.models import ApiKey, Organization
+from accounts.models import ApiKey, ApiKeyScope, Organization
 from accounts.selectors import api_key_authenticate
 
 
@@ -51,11 +58,54 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return 'Bearer realm="steplens"'
 
 
+# The URL names (config/api_urls.py) an `ingest` key may POST to.
+INGEST_URL_NAMES = frozenset({"otlp-traces"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def scope_allows(*, scope: str, method: str, url_name: str | None, required: str | None = None) -> bool:
+    """Whether a key of `scope` may make this request. `required` (a view's `api_key_scope`) asks for more:
+    `full` makes an endpoint full-key only (the audit log)."""
+    if required == ApiKeyScope.FULL:
+        return scope == ApiKeyScope.FULL
+    if scope == ApiKeyScope.FULL:
+        return True
+    if scope == ApiKeyScope.READ:
+        return method in SAFE_METHODS
+    if scope == ApiKeyScope.INGEST:
+        return method == "POST" and url_name in INGEST_URL_NAMES
+    return False
+
+
 class HasOrganization(permissions.BasePermission):
-    """Allows a request authenticated by an API key (every /v1/ endpoint needs one)."""
+    """Allows a request authenticated by an API key (every /v1/ endpoint needs one) whose scope covers it
+    (403 otherwise), and narrows a project-limited key's query parameters to its project."""
+
+    message = "This API key's scope does not allow this request."
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        return isinstance(request.user, ApiKeyPrincipal)
+        principal = request.user
+        if not isinstance(principal, ApiKeyPrincipal):
+            return False
+        match = getattr(request._request, "resolver_match", None)
+        if not scope_allows(
+            scope=principal.api_key.scope,
+            method=request.method,
+            url_name=match.url_name if match else None,
+            required=getattr(view, "api_key_scope", None),
+        ):
+            return False
+        if principal.api_key.project_id:
+            _pin_project(request, principal.api_key.project_id)
+        return True
+
+
+def _pin_project(request: Request, project_id: str) -> None:
+    """Replace any `project_id` parameter with the key's own project (so filters and reports read only it)."""
+    query = request._request.GET.copy()
+    query.setlist("project_id", [project_id])
+    query._mutable = False
+    request._request.GET = query
 
 
 def request_organization(request: Request) -> Organization:

@@ -6,7 +6,7 @@ from django.db import connection
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from accounts.models import ApiKey, Organization
+from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, Project
 from accounts.services import hash_api_key
 from config.db import ModelRows
 
@@ -42,7 +42,61 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
         return None
     api_key = _API_KEY.load(row)
     api_key.organization = _ORGANIZATION.load(row, _API_KEY.width)
+    # A fresh instance per request: selectors receiving it narrow to the key's project (Organization docstring).
+    api_key.organization.scoped_project_id = api_key.project_id
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > _LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
     return api_key
+
+
+# --- memberships ---------------------------------------------------------------------------------
+
+
+def user_roles(*, user: object) -> dict[str, str]:
+    """{organization id: role} for every organization `user` belongs to (empty for anonymous users)."""
+    if not getattr(user, "is_authenticated", False) or not getattr(user, "pk", None):
+        return {}
+    return dict(Membership.objects.filter(user=user).values_list("organization_id", "role"))
+
+
+def organization_list_for(*, organization_ids: list[str] | None) -> QuerySet[Organization]:
+    """Organizations by name: all of them (None, a superuser's view) or those with the given ids."""
+    organizations = organization_list()
+    return organizations if organization_ids is None else organizations.filter(pk__in=organization_ids)
+
+
+def member_list(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("user__username")
+
+
+def project_list(*, organization: Organization) -> QuerySet[Project]:
+    return Project.objects.filter(organization=organization).order_by("name")
+
+
+def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
+    """An organization's keys, newest first (active and revoked; the hash never leaves the model)."""
+    return ApiKey.objects.filter(organization=organization).select_related("project").order_by("-created_at", "-id")
+
+
+def invitation_list_pending(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(
+        organization=organization, accepted_at__isnull=True, revoked_at__isnull=True, expires_at__gt=timezone.now()
+    ).order_by("-created_at")
+
+
+def audit_list(*, organization: Organization, before_id: int | None = None, action: str | None = None) -> QuerySet:
+    """An organization's audit events, newest first; `before_id` pages backwards (keyset, stable under inserts)."""
+    events = AuditEvent.objects.filter(organization=organization).order_by("-id")
+    if before_id is not None:
+        events = events.filter(id__lt=before_id)
+    if action:
+        events = events.filter(action=action)
+    return events
+
+
+def project_scope(organization: Organization, *, field: str = "project_id") -> dict[str, str]:
+    """The extra filter a query of `organization`'s rows needs when its API key is limited to a project
+    ({} otherwise): `Model.objects.filter(organization=organization, **project_scope(organization))`."""
+    project_id = getattr(organization, "scoped_project_id", None)
+    return {field: project_id} if project_id else {}

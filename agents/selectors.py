@@ -3,12 +3,14 @@
 from django.db.models import Q, QuerySet
 
 from accounts.models import Organization
+from accounts.selectors import project_scope
 from agents.models import Agent, Run, RunStatus
 from config.errors import NotFound
 
 
 def agent_list(*, organization: Organization) -> QuerySet[Agent]:
-    return Agent.objects.filter(organization=organization, deleted_at__isnull=True).order_by("-created_at", "-id")
+    agents = Agent.objects.filter(organization=organization, deleted_at__isnull=True, **project_scope(organization))
+    return agents.order_by("-created_at", "-id")
 
 
 def agent_get(*, organization: Organization, agent_id: str) -> Agent:
@@ -43,7 +45,8 @@ def agent_tags(*, organization_id: str | None = None) -> list[str]:
 
 
 def run_list(*, organization: Organization, agent_id: str | None = None, status: str | None = None) -> QuerySet[Run]:
-    runs = Run.objects.filter(organization=organization).select_related("agent").order_by("-created_at", "-id")
+    runs = Run.objects.filter(organization=organization, **project_scope(organization))
+    runs = runs.select_related("agent").order_by("-created_at", "-id")
     if agent_id:
         runs = runs.filter(agent_id=agent_id)
     if status:
@@ -52,7 +55,8 @@ def run_list(*, organization: Organization, agent_id: str | None = None, status:
 
 
 def run_get(*, organization: Organization, run_id: str) -> Run:
-    run = Run.objects.filter(organization=organization, pk=run_id).select_related("agent").first()
+    run = Run.objects.filter(organization=organization, pk=run_id, **project_scope(organization))
+    run = run.select_related("agent").first()
     if run is None:
         raise NotFound("Run not found.")
     return run

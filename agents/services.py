@@ -242,7 +242,9 @@ def agent_create(*, organization: Organization, project: Project | None = None, 
     """Create an agent; unknown tools, an unusable model handle or a taken name are 400s."""
     values = {k: v for k, v in values.items() if k in _AGENT_FIELDS and v is not None}
     _check_agent(organization, values)
-    return Agent.objects.create(organization=organization, project=project, **values)
+    # A project-limited API key's agents (and so their runs and steps) belong to its project.
+    project_id = project.pk if project is not None else organization.scoped_project_id
+    return Agent.objects.create(organization=organization, project_id=project_id, **values)
 
 
 @transaction.atomic

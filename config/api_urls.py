@@ -3,6 +3,7 @@
 from django.urls import include, path
 
 urlpatterns = [
+    path("", include("accounts.api.urls")),
     path("", include("steps.api.urls")),
     path("", include("traces.api.urls")),
     path("", include("runner.api.urls")),

@@ -12,12 +12,11 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Model, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from accounts.selectors import organization_list
 from agents.admin import AgentAdmin, RunAdmin
 from agents.models import Agent, Run
 from console.changelist import (
@@ -34,6 +33,12 @@ from console.changelist import (
     StopReasonFilter,
     TagsFilter,
 )
+from console.scoping import (
+    OrganizationScopedAdmin,
+    console_scope,
+    install_member_access,
+    scope_registered_admins,
+)
 from console.views import (
     install_admin_urls,
     run_detail_view,
@@ -48,6 +53,7 @@ from traces.admin import ProviderTraceAdmin
 from traces.models import ProviderTrace
 
 install_admin_urls(admin.site)
+install_member_access(admin.site)
 # Step lists and charts need the width; the header links and the index lead everywhere the sidebar did.
 admin.site.enable_nav_sidebar = False
 admin.site.site_header = "Steplens"
@@ -109,8 +115,10 @@ class StepChangeList(ChangeList):
         return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
 
 
-class StepConsoleAdmin(StepAdmin):
-    """The steps list with the REST API's filters and no full counts; the change page is the step page."""
+class StepConsoleAdmin(OrganizationScopedAdmin, StepAdmin):
+    """The steps list with the REST API's filters and no full counts; the change page is the step page.
+
+    Feedback and tags (the actions and the step page's form) need `annotate` in the step's organization."""
 
     list_display = [
         "time",
@@ -146,7 +154,7 @@ class StepConsoleAdmin(StepAdmin):
     def get_paginator(self, request: HttpRequest, queryset: QuerySet, per_page: int, orphans: int = 0, **kwargs: Any):
         merge = None
         if not request.GET.get(ORGANIZATION_PARAM) and tuple(queryset.query.order_by)[:2] == ("-created_at", "-id"):
-            merge = list(organization_list().values_list("pk", flat=True)[:51])
+            merge = list(console_scope(request).organizations().values_list("pk", flat=True)[:51])
         return StepPaginator(queryset, per_page, orphans=orphans, merge_organizations=merge)
 
     def get_urls(self) -> list:
@@ -165,6 +173,15 @@ class StepConsoleAdmin(StepAdmin):
         return step_detail_view(self, request, object_id)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        scope = console_scope(request)
+        chosen = request.GET.get(ORGANIZATION_PARAM)
+        if chosen and not scope.can_read(chosen):
+            raise Http404("No such organization.")
+        if not chosen and request.method == "GET" and not scope.everything and scope.current_id:
+            # A member's list is one organization's (the switcher's), so the filters' choices are that one's too.
+            query = request.GET.copy()
+            query[ORGANIZATION_PARAM] = scope.current_id
+            return HttpResponseRedirect(f"{request.path}?{query.urlencode()}")
         extra_context = {
             **(extra_context or {}),
             "dashboard_url": reverse("admin:dashboard"),
@@ -225,15 +242,16 @@ class StepConsoleAdmin(StepAdmin):
         return format_html('<a href="{}" title="All steps of request {}">{}</a>', link, obj.request_id, shown)
 
 
-class StepMetricsConsoleAdmin(StepMetricsAdmin):
+class StepMetricsConsoleAdmin(OrganizationScopedAdmin, StepMetricsAdmin):
+    organization_lookup = "step__organization_id"
     paginator = StepPaginator
 
 
-class MessageConsoleAdmin(MessageAdmin):
+class MessageConsoleAdmin(OrganizationScopedAdmin, MessageAdmin):
     paginator = StepPaginator
 
 
-class AgentConsoleAdmin(AgentAdmin):
+class AgentConsoleAdmin(OrganizationScopedAdmin, AgentAdmin):
     list_display = [*AgentAdmin.list_display, "steps"]
 
     @admin.display(description="steps")
@@ -241,7 +259,7 @@ class AgentConsoleAdmin(AgentAdmin):
         return format_html('<a href="{}">steps →</a>', steps_url(organization=obj.organization_id, agent_id=obj.pk))
 
 
-class RunConsoleAdmin(RunAdmin):
+class RunConsoleAdmin(OrganizationScopedAdmin, RunAdmin):
     """A run's page is its waterfall (steps and tool calls on one time axis) instead of a form."""
 
     paginator = StepPaginator
@@ -252,7 +270,7 @@ class RunConsoleAdmin(RunAdmin):
         return run_detail_view(self, request, object_id)
 
 
-class ProviderTraceConsoleAdmin(ProviderTraceAdmin):
+class ProviderTraceConsoleAdmin(OrganizationScopedAdmin, ProviderTraceAdmin):
     list_display = ["step_link", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
     paginator = StepPaginator
 
@@ -267,3 +285,5 @@ _replace(Message, MessageConsoleAdmin)
 _replace(Agent, AgentConsoleAdmin)
 _replace(Run, RunConsoleAdmin)
 _replace(ProviderTrace, ProviderTraceConsoleAdmin)
+# Last: every other model admin of a member app (accounts, traces' ingest batches, later pages) gets the scoping.
+scope_registered_admins(admin.site)

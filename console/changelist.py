@@ -20,9 +20,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, QueryDict
 from django.utils import timezone
 
-from accounts.selectors import organization_list
 from agents.models import StopReason
 from agents.selectors import agent_tags
+from console.scoping import console_scope
 from console.selectors import CountResult, capped_count
 from steps.filters import METADATA_PREFIX, StepFilterSet, filter_errors
 from steps.models import Feedback, StepStatus
@@ -60,7 +60,7 @@ class FilterSetListFilter(admin.ListFilter):
         for name in self.expected_parameters():
             if name in params:
                 self.used_parameters[name] = params.pop(name)[-1]
-        self.organization_id = request.GET.get(ORGANIZATION_PARAM) or None
+        self.organization_id = request.GET.get(ORGANIZATION_PARAM) or console_scope(request).current_id
         self.lookup_choices = list(self.lookups(request, model_admin))
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
@@ -102,13 +102,13 @@ class FilterSetListFilter(admin.ListFilter):
 
 
 class OrganizationFilter(admin.SimpleListFilter):
-    """Which organization's steps (staff see every organization)."""
+    """Which organization's steps (superusers see every organization, members theirs)."""
 
     title = "organization"
     parameter_name = ORGANIZATION_PARAM
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return list(organization_list().values_list("pk", "name")[:500])
+        return list(console_scope(request).organizations().values_list("pk", "name")[:500])
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         return queryset.filter(organization_id=self.value()) if self.value() else queryset

@@ -11,22 +11,28 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from django.contrib import admin, messages
+from django.contrib.auth import login
+from django.contrib.auth.forms import UserCreationForm
 from django.core.exceptions import PermissionDenied
 from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import path, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 
+from accounts.audit import actor_from_request
 from accounts.models import Organization
-from accounts.selectors import organization_list
+from accounts.roles import Capability
+from accounts.services import invitation_accept, invitation_for_token, user_get_or_create
 from agents.selectors import agent_choices, run_get, run_organization
 from config.errors import ApplicationError
 from console import charts
 from console.charts import BarChart, HBarRow, Series
 from console.dashboard import PERIODS, Period, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
+from console.scoping import SESSION_ORGANIZATION, console_scope
 from console.selectors import chat_items, pretty_json, related_steps, run_waterfall, step_phases
 from console.system import system_view
 from steps.models import Feedback, StepMetrics
@@ -63,12 +69,14 @@ def _check_view(request: HttpRequest) -> None:
 
 
 def _organization(request: HttpRequest) -> Organization | None:
+    """The page's organization: `?organization=` (404 unless the person may read it), else the switcher's, else
+    (a superuser who chose none) the busiest one."""
+    scope = console_scope(request)
     chosen = request.GET.get("organization")
     if chosen:
-        found = organization_list().filter(pk=chosen).first()
-        if found is None:
-            raise Http404("No such organization.")
-        return found
+        return scope.organization_or_404(chosen)
+    if scope.current_id or not scope.everything:
+        return scope.current()
     return organization_with_most_steps()
 
 
@@ -86,7 +94,7 @@ def _period_page(request: HttpRequest, *, title: str, **values: Any) -> tuple[Or
         request,
         title=title,
         organization=organization,
-        organizations=organization_list(),
+        organizations=console_scope(request).organizations(),
         periods=PERIODS.items(),
         period=period,
         **values,
@@ -342,7 +350,7 @@ def _page_object(
 ) -> Model:
     """The object a console page shows, read through `get(organization=...)`; 404 without an organization,
     403 when the user may not view it."""
-    if organization is None:
+    if organization is None or not console_scope(request).can_read(organization.pk):
         raise Http404(f"{model_admin.model._meta.verbose_name.capitalize()} not found.")
     found = get(organization=organization)
     if not model_admin.has_view_or_change_permission(request, found):
@@ -404,7 +412,8 @@ def step_detail_view(model_admin: Any, request: HttpRequest, object_id: str) -> 
         metadata=pretty_json(step.metadata) if step.metadata else "",
         prompt_details=pretty_json(step.prompt_tokens_details) if step.prompt_tokens_details else "",
         completion_details=pretty_json(step.completion_tokens_details) if step.completion_tokens_details else "",
-        can_feedback=request.user.has_perm("steps.change_step"),
+        can_feedback=request.user.has_perm("steps.change_step")
+        and console_scope(request).allows(Capability.ANNOTATE, organization.pk),
         feedback_url=reverse("admin:steps_step_feedback", args=[step.pk]),
         feedback_choices=Feedback.choices,
         changelist_link=steps_url(organization=organization.pk),
@@ -416,11 +425,12 @@ def step_feedback_view(model_admin: Any, request: HttpRequest, object_id: str) -
     """Set feedback and add/remove tags through steps.services.step_set_feedback (the API's write path)."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    if not request.user.has_perm("steps.change_step"):
-        raise PermissionDenied
     organization = step_organization(step_id=object_id)
-    if organization is None:
+    scope = console_scope(request)
+    if organization is None or not scope.can_read(organization.pk):
         raise Http404("Step not found.")
+    if not (request.user.has_perm("steps.change_step") and scope.allows(Capability.ANNOTATE, organization.pk)):
+        raise PermissionDenied
     action = request.POST.get("feedback")
     add = [t.strip() for t in request.POST.get("add_tags", "").split(",") if t.strip()]
     remove = [t for t in request.POST.getlist("remove_tag") if t]
@@ -468,8 +478,54 @@ def run_detail_view(model_admin: Any, request: HttpRequest, object_id: str) -> H
 # --- wiring ---------------------------------------------------------------------------------------
 
 
+def switch_organization_view(request: HttpRequest) -> HttpResponse:
+    """The header's switcher: remember the chosen organization (one the person may read, else 404)."""
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    organization = console_scope(request).organization_or_404(request.POST.get("organization", ""))
+    request.session[SESSION_ORGANIZATION] = organization.pk
+    target = request.POST.get("next") or reverse("admin:index")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("admin:index")
+    # A page showing another organization (?organization=...) would stay on it: drop the parameter.
+    parts = urlsplit(target)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "organization"]
+    return HttpResponseRedirect(parts._replace(query=urlencode(query)).geturl())
+
+
+class InvitationSignupForm(UserCreationForm):
+    """A new person's account, made when they accept an invitation."""
+
+
+def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
+    """An invitation link: a signed-in person joins; anyone else creates an account and joins. One use only."""
+    invitation = invitation_for_token(raw_token=token)
+    form = None
+    if invitation is not None and not request.user.is_authenticated:
+        form = InvitationSignupForm(request.POST or None)
+    if request.method == "POST" and invitation is not None:
+        user = request.user if request.user.is_authenticated else None
+        if user is None and form is not None and form.is_valid():
+            user, _ = user_get_or_create(
+                username=form.cleaned_data["username"], password=form.cleaned_data["password1"], email=invitation.email
+            )
+        if user is not None:
+            try:
+                invitation_accept(raw_token=token, user=user, actor=actor_from_request(request))
+            except ApplicationError:
+                invitation = None
+            else:
+                if not request.user.is_authenticated:
+                    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+                request.session[SESSION_ORGANIZATION] = invitation.organization_id
+                return HttpResponseRedirect(reverse("admin:index"))
+    context = _context(request, title="Invitation", invitation=invitation, form=form)
+    return render(request, "admin/accounts/invitation/accept.html", context, status=200 if invitation else 404)
+
+
 def install_admin_urls(site: admin.AdminSite) -> None:
-    """Put /admin/dashboard/ and /admin/errors/ in front of the site's own URLs (login and staff checks apply)."""
+    """Put /admin/dashboard/ and /admin/errors/ in front of the site's own URLs (login and staff checks apply),
+    with the organization switcher and the invitation link (open to anyone holding a valid token)."""
     if getattr(site, "_steplens_urls", False):
         return
     original = site.get_urls
@@ -479,6 +535,8 @@ def install_admin_urls(site: admin.AdminSite) -> None:
             path("dashboard/", site.admin_view(dashboard_view), name="dashboard"),
             path("errors/", site.admin_view(errors_view), name="errors"),
             path("system/", site.admin_view(system_view), name="system"),
+            path("organization/switch/", site.admin_view(switch_organization_view), name="switch_organization"),
+            path("invitation/<str:token>/", invitation_accept_view, name="invitation_accept"),
             *original(),
         ]
 

@@ -21,6 +21,7 @@ from django.http import QueryDict
 from django_filters.fields import IsoDateTimeField
 
 from accounts.models import Organization
+from accounts.selectors import project_scope
 from agents.models import StopReason
 from config.errors import ApplicationError
 from steps.models import Feedback, Step, StepStatus
@@ -308,7 +309,8 @@ def step_filterset(
 ) -> StepFilterSet:
     """A validated StepFilterSet over `organization`'s steps; invalid values raise a 400 naming each field."""
     base = queryset if queryset is not None else Step.objects.all()
-    filterset = StepFilterSet(data=_as_querydict(params), queryset=base.filter(organization=organization))
+    base = base.filter(organization=organization, **project_scope(organization))  # a project-limited API key
+    filterset = StepFilterSet(data=_as_querydict(params), queryset=base)
     if not filterset.is_valid():
         raise ApplicationError("Invalid query parameters.", extra=filter_errors(filterset))
     return filterset

@@ -9,6 +9,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.http import QueryDict
 
 from accounts.models import Organization
+from accounts.selectors import project_scope
 from agents.models import Run
 from config.errors import NotFound
 from steps.filters import step_filterset
@@ -28,7 +29,11 @@ USAGE_FIELDS = (
 
 def step_get(*, organization: Organization, step_id: str) -> Step:
     """One step of `organization` with its metrics; another organization's step is not found."""
-    step = Step.objects.select_related("metrics", "agent", "run").filter(organization=organization, pk=step_id).first()
+    step = (
+        Step.objects.select_related("metrics", "agent", "run")
+        .filter(organization=organization, pk=step_id, **project_scope(organization))
+        .first()
+    )
     if step is None:
         raise NotFound("Step not found.")
     return step
@@ -68,7 +73,7 @@ def step_messages(
     `limit` counts what is returned: one stored message may render as several typed messages (reasoning, text,
     tool calls), and a page may stop inside one; the cursor goes on from there.
     """
-    step = Step.objects.filter(organization=organization, pk=step_id).only("pk").first()
+    step = Step.objects.filter(organization=organization, pk=step_id, **project_scope(organization)).only("pk").first()
     if step is None:
         raise NotFound("Step not found.")
     queryset = Message.objects.filter(step=step)
@@ -107,7 +112,8 @@ def run_usage_totals(*, run_id: str) -> dict[str, Any]:
 
 def run_usage(*, organization: Organization, run_id: str) -> dict[str, Any]:
     """The usage of every step of a run (however many), with the run's totals summed by the database."""
-    run = Run.objects.filter(organization=organization, pk=run_id).only("pk", "agent_id", "request_id").first()
+    run = Run.objects.filter(organization=organization, pk=run_id, **project_scope(organization))
+    run = run.only("pk", "agent_id", "request_id").first()
     if run is None:
         raise NotFound("Run not found.")
     steps = Step.objects.filter(run=run)

@@ -126,6 +126,11 @@ REST_FRAMEWORK = {
 STEPLENS_DB_RETRY_AFTER_SECONDS = env.int("STEPLENS_DB_RETRY_AFTER_SECONDS", default=5)
 # Largest JSON request body of the API (413 above it): a body is parsed whole, in memory (OTLP has its own limit).
 STEPLENS_API_MAX_BODY_BYTES = env.int("STEPLENS_API_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+# People: Django's own accounts, plus permissions from organization roles (accounts.backends).
+AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "accounts.backends.MembershipBackend"]
+# Teams (accounts/): how long an invitation link works, and the audit rows one /v1/audit page returns at most.
+STEPLENS_INVITATION_TTL_HOURS = env.int("STEPLENS_INVITATION_TTL_HOURS", default=72)
+STEPLENS_AUDIT_PAGE_MAX = env.int("STEPLENS_AUDIT_PAGE_MAX", default=500)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Steplens API",

@@ -1,0 +1,7 @@
+from django.urls import path
+
+from accounts.api import views
+
+urlpatterns = [
+    path("audit", views.AuditListApi.as_view(), name="audit-list"),
+]
