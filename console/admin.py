@@ -47,10 +47,8 @@ from console.views import (
     step_url,
     steps_url,
 )
-from steps.admin import MessageAdmin, StepAdmin, StepMetricsAdmin
-from steps.models import Message, Step, StepMetrics
-from traces.admin import ProviderTraceAdmin
-from traces.models import ProviderTrace
+from steps.admin import MessageAdmin, ProviderTraceAdmin, StepAdmin, StepMetricsAdmin
+from steps.models import Message, ProviderTrace, Step, StepMetrics
 
 install_admin_urls(admin.site)
 install_member_access(admin.site)

@@ -2,7 +2,7 @@
 
 URLs: /admin/dashboard/ and /admin/errors/ (added to the admin site by `install_admin_urls`),
 the step page at /admin/steps/step/<id>/change/ (with a POST to .../feedback/), and the run page at
-/admin/agents/run/<id>/change/. Reads go through steps.reports, steps.selectors, traces.selectors
+/admin/agents/run/<id>/change/. Reads go through steps.reports, steps.selectors
 and console.selectors; the only write (feedback and tags) goes through steps.services.
 """
 
@@ -38,6 +38,7 @@ from console.system import system_view
 from steps.models import Feedback, StepMetrics
 from steps.selectors import (
     organization_with_most_steps,
+    provider_traces_for_step,
     step_conversation,
     step_dimension_values,
     step_get,
@@ -46,7 +47,6 @@ from steps.selectors import (
 )
 from steps.services import step_set_feedback
 from traces.otel import trace_url
-from traces.selectors import provider_traces_for_step
 
 
 def steps_url(**params: Any) -> str:

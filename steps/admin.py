@@ -12,7 +12,7 @@ from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
 from accounts.models import Organization
-from steps.models import Message, Step, StepMetrics
+from steps.models import Message, ProviderTrace, Step, StepMetrics
 from steps.services import step_set_feedback
 
 
@@ -91,3 +91,20 @@ class MessageAdmin(admin.ModelAdmin):
     show_full_result_count = False
     # The primary key index serves this order at any size (sequence_id is only indexed per run and step).
     ordering = ["-id"]
+
+
+@admin.register(ProviderTrace)
+class ProviderTraceAdmin(admin.ModelAdmin):
+    """Raw provider requests and responses; the console's step page shows them pretty-printed next to the chat."""
+
+    list_display = ["step_id", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
+    list_filter = ["provider", "error_type"]
+    search_fields = ["=step__id"]
+    search_help_text = "Exact step id."
+    raw_id_fields = ["step"]
+    show_full_result_count = False
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
+        # Exact, so the (step, attempt) index answers (the admin's `=` compares UPPER() values).
+        term = search_term.strip()
+        return (queryset.filter(step_id=term), False) if term else (queryset, False)

@@ -1,4 +1,4 @@
-"""Steps (one LLM call of a run with its usage, cost and outcome), their metrics and messages.
+"""Steps (one LLM call of a run with its usage, cost and outcome), their metrics, messages and provider traces.
 
 Field names follow the Letta step schema this service grew from.
 """
@@ -211,6 +211,36 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} {self.id}"
+
+
+class ProviderTrace(models.Model):
+    """What was sent to the provider and what came back (or the error), for one attempt of a step.
+
+    Kept in its original table (it was the `traces` app's model): moving it changed no row.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="provider_traces")
+    step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="provider_traces", db_index=False)
+    attempt = models.PositiveSmallIntegerField(default=1)
+    provider = models.CharField(max_length=64)
+    api = models.CharField(max_length=32, blank=True, default="")
+    model = models.CharField(max_length=200, blank=True, default="")
+    request_json = models.JSONField(null=True, blank=True)
+    response_json = models.JSONField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    error_type = models.CharField(max_length=64, null=True, blank=True)
+    error_message = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "traces_providertrace"
+        # The unique constraint's index serves lookups by step.
+        constraints = [
+            models.UniqueConstraint(fields=["step", "attempt"], name="ptrace_unique_step_attempt"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} trace of {self.step_id}"
 
 
 class RollupKey(models.Model):

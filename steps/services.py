@@ -30,6 +30,7 @@ from steps.models import (
     ErrorRollupHour,
     Feedback,
     Message,
+    ProviderTrace,
     Step,
     StepMetrics,
     StepOrigin,
@@ -39,16 +40,15 @@ from steps.models import (
     StepStatus,
     new_message_id,
 )
-from steps.rollups import step_rollup_add
-from steps.values import MessageIn, Usage, validate_message
-from traces.models import ProviderTrace
-from traces.services import (
+from steps.provider_traces import (
     PROVIDER_TRACE_COPY_COLUMNS,
     ProviderTraceIn,
     provider_trace_copy_rows,
     provider_trace_record,
     provider_traces_record_many,
 )
+from steps.rollups import step_rollup_add
+from steps.values import MessageIn, Usage, validate_message
 
 _FINAL = {StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.CANCELLED}
 
@@ -217,7 +217,7 @@ def _record_outcome(
     _save_metrics(step, metrics)
     step_rollup_add(step=step)  # usage/errors rollups (steps.rollups); once per step, as it ends
     if provider_trace is not None:
-        provider_trace_record(step=step, trace=provider_trace, attempt=step.attempt)
+        provider_trace_record(step=step, trace=provider_trace)
     last_sequence = _run_count_step(step) if step.run_id is not None else None
     if messages:
         _messages_insert(

@@ -2,25 +2,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from traces.models import IngestBatch, ProviderTrace
+from traces.models import IngestBatch
 from traces.services import trace_batches_retry
-
-
-@admin.register(ProviderTrace)
-class ProviderTraceAdmin(admin.ModelAdmin):
-    """Raw provider requests and responses; the console's step page shows them pretty-printed next to the chat."""
-
-    list_display = ["step_id", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
-    list_filter = ["provider", "error_type"]
-    search_fields = ["=step__id"]
-    search_help_text = "Exact step id."
-    raw_id_fields = ["step"]
-    show_full_result_count = False
-
-    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple[QuerySet, bool]:
-        # Exact, so the (step, attempt) index answers (the admin's `=` compares UPPER() values).
-        term = search_term.strip()
-        return (queryset.filter(step_id=term), False) if term else (queryset, False)
 
 
 @admin.register(IngestBatch)

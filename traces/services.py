@@ -1,7 +1,8 @@
-"""Writes for provider traces. Secrets are redacted here too, whatever the caller did."""
+"""Writes of the OTLP ingest: staging accepted export requests (IngestBatch) and mapping them onto steps.
+
+Provider traces are a steps model: their writes are steps.provider_traces."""
 
 import contextlib
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,106 +17,16 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from config.errors import ApplicationError
-from config.redaction import redact
-from steps.models import Step
-from traces.models import PENDING_BATCH_STATUSES, IngestBatch, IngestBatchStatus, ProviderTrace
-from traces.truncation import Truncated, json_truncate
+from steps.provider_traces import ProviderTraceIn  # noqa: F401  re-export for the runner; removed once it imports steps
+from traces.models import PENDING_BATCH_STATUSES, IngestBatch, IngestBatchStatus
 
 if TYPE_CHECKING:
     from traces.ingest.decode import DecodeLimits, OtlpSpan
 
-_MAX_ERROR_MESSAGE = 10_000
 logger = logging.getLogger(__name__)
 # Errors a retry can cure: the connection, a deadlock or serialization failure, an insert race lost to another
 # writer. Anything else fails the batch with its reason.
 _TRANSIENT = (OperationalError, InterfaceError, IntegrityError)
-
-
-@dataclass(slots=True)
-class ProviderTraceIn:
-    """One provider call as the caller saw it."""
-
-    provider: str
-    model: str = ""
-    api: str = ""
-    # A Truncated is what provider_trace_json already made of the value (redacted and cut): stored as is.
-    request_json: dict[str, Any] | Truncated | None = None
-    response_json: dict[str, Any] | Truncated | None = None
-    latency_ms: int | None = None
-    error_type: str | None = None
-    error_message: str | None = None
-
-
-def provider_trace_record(*, step: Step, trace: ProviderTraceIn, attempt: int = 1) -> ProviderTrace:
-    """Store (or, on a retried write, replace) the trace of one attempt of a step."""
-    values = _trace_values(step, trace)
-    # One upsert statement: a retried write replaces the attempt's trace instead of reading first.
-    (provider_trace,) = ProviderTrace.objects.bulk_create(
-        [ProviderTrace(step=step, attempt=attempt, **values)],
-        update_conflicts=True,
-        unique_fields=["step", "attempt"],
-        update_fields=list(values),
-    )
-    return provider_trace
-
-
-def provider_trace_json(value: Any) -> Truncated:
-    """What a ProviderTrace stores for a request or response: redacted, then cut visibly to
-    STEPLENS_PROVIDER_TRACE_MAX_BYTES (still valid JSON). The one rule for every write path."""
-    return json_truncate(redact(value), max_bytes=settings.STEPLENS_PROVIDER_TRACE_MAX_BYTES)
-
-
-def _stored_json(value: dict[str, Any] | Truncated | None) -> Any:
-    return value.value if isinstance(value, Truncated) else provider_trace_json(value).value
-
-
-def _trace_values(step: Step, trace: ProviderTraceIn) -> dict[str, Any]:
-    return {
-        "organization_id": step.organization_id,
-        "provider": trace.provider[:64],
-        "api": (trace.api or "")[:32],
-        "model": (trace.model or "")[:200],
-        "request_json": _stored_json(trace.request_json),
-        "response_json": _stored_json(trace.response_json),
-        "latency_ms": trace.latency_ms,
-        "error_type": trace.error_type,
-        "error_message": (trace.error_message or "")[:_MAX_ERROR_MESSAGE] or None,
-    }
-
-
-def provider_trace_build(*, step: Step, trace: ProviderTraceIn, attempt: int = 1) -> ProviderTrace:
-    """An unsaved ProviderTrace for `step`, redacted exactly as provider_trace_record redacts."""
-    return ProviderTrace(step=step, attempt=attempt, **_trace_values(step, trace))
-
-
-def provider_traces_record_many(*, items: Sequence[tuple[Step, ProviderTraceIn]]) -> list[ProviderTrace]:
-    """Store first-attempt traces of freshly inserted steps in one insert (the bulk ingest path)."""
-    return ProviderTrace.objects.bulk_create([provider_trace_build(step=step, trace=trace) for step, trace in items])
-
-
-PROVIDER_TRACE_COPY_COLUMNS = (
-    "organization_id", "step_id", "attempt", "provider", "api", "model", "request_json", "response_json",
-    "latency_ms", "error_type", "error_message", "created_at",
-)  # fmt: skip
-
-
-def _json_text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
-
-
-def provider_trace_copy_rows(*, items: Sequence[tuple[Step, ProviderTraceIn]], created_at: datetime) -> list[tuple]:
-    """First-attempt traces of fresh steps as rows for COPY (PROVIDER_TRACE_COPY_COLUMNS, JSON as text),
-    redacted exactly as provider_trace_build redacts."""
-    rows = []
-    for step, trace in items:
-        v = _trace_values(step, trace)
-        rows.append(
-            (
-                v["organization_id"], step.pk, 1, v["provider"], v["api"], v["model"], _json_text(v["request_json"]),
-                _json_text(v["response_json"]), v["latency_ms"], v["error_type"], v["error_message"], created_at,
-            )
-        )  # fmt: skip
-    return rows
 
 
 # --- OTLP ingest ----------------------------------------------------------------------------------------------------
@@ -140,7 +51,7 @@ def trace_ingest(*, organization: Organization, spans: Sequence["OtlpSpan"]) -> 
     cannot be used is counted as rejected with a reason; the rest is stored. Idempotent on (trace_id, span_id):
     sending the same spans again creates nothing. Returns only after the transaction committed.
     """
-    # Imported here: steps.services imports this module for ProviderTraceIn.
+    # Imported here: the writer imports this module (IngestResult, rejection_message).
     from traces.ingest.writer import ingest_spans
 
     return ingest_spans(organization=organization, spans=spans)

@@ -10,8 +10,7 @@ from rest_framework import serializers
 from agents.models import Run
 from config.fields import StrictCharField
 from config.representation import Representation
-from steps.models import Feedback, Step, StepMetrics
-from traces.models import ProviderTrace
+from steps.models import Feedback, ProviderTrace, Step, StepMetrics
 
 
 class StepMetricsSerializer(serializers.ModelSerializer):

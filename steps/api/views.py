@@ -32,9 +32,17 @@ from steps.filters import (
 )
 from steps.rendering import render_messages
 from steps.reports import ERROR_GROUPS, USAGE_GROUPS, Report, errors_report, group_by_pattern, usage_report
-from steps.selectors import run_usage, step_get, step_list, step_messages, step_metrics_get
+from steps.selectors import (
+    provider_trace_get,
+    provider_traces_for_step,
+    request_get,
+    run_usage,
+    step_get,
+    step_list,
+    step_messages,
+    step_metrics_get,
+)
 from steps.services import step_set_feedback
-from traces.selectors import provider_trace_get, provider_traces_for_step, request_get
 
 _PAGING = {"limit", "order", "cursor"}
 

@@ -422,7 +422,7 @@ def test_fast_renderings_equal_the_drf_serializers(agent):
     """Every Representation the read endpoints use renders exactly what its DRF serializer does:
     filled-in rows, rows of nulls, decimals, datetimes with microseconds, JSON, method fields."""
     from steps.api import serializers as s
-    from traces.models import ProviderTrace
+    from steps.models import ProviderTrace
 
     run = RunFactory(
         agent=agent, status="failed", stop_reason="error", metadata={"a": [1, {"b": None}]},

@@ -8,8 +8,7 @@ from django.db.models import Count, Sum
 
 from accounts.models import Organization
 from agents.models import Run
-from steps.models import Message, Step, StepMetrics, StepRollupDay, StepRollupHour, StepStatus
-from traces.models import ProviderTrace
+from steps.models import Message, ProviderTrace, Step, StepMetrics, StepRollupDay, StepRollupHour, StepStatus
 
 pytestmark = pytest.mark.django_db
 

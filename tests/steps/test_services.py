@@ -7,12 +7,11 @@ import pytest
 from agents.models import StopReason
 from config.errors import ApplicationError
 from steps import services
-from steps.models import Message, Step, StepMetrics, StepProgression, StepStatus
+from steps.models import Message, ProviderTrace, Step, StepMetrics, StepProgression, StepStatus
+from steps.provider_traces import ProviderTraceIn
 from steps.services import StepMetricsIn
 from steps.values import ContentValidationError, Usage
 from tests.factories import AgentFactory, RunFactory
-from traces.models import ProviderTrace
-from traces.services import ProviderTraceIn
 
 pytestmark = pytest.mark.django_db
 

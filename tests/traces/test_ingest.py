@@ -18,8 +18,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from rest_framework.test import APIClient
 
 from agents.models import Run, RunStatus
-from steps.models import Message, Step, StepOrigin, StepStatus
-from traces.models import ProviderTrace
+from steps.models import Message, ProviderTrace, Step, StepOrigin, StepStatus
 
 URL = "/v1/traces"
 

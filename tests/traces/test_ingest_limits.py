@@ -15,14 +15,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.trace import SpanKind
 
-from steps.models import Message, Step
+from steps.models import Message, ProviderTrace, Step
+from steps.provider_traces import ProviderTraceIn, provider_trace_build, provider_trace_copy_rows, provider_trace_record
+from steps.truncation import TRUNCATED_KEY, json_depth_capped, json_truncate
 from tests.factories import StepFactory
 from tests.traces.test_ingest import URL, _agent_trace, _json_body, _spans
 from traces.api.views import BodyError, read_body
 from traces.ingest.decode import protobuf_span_count
-from traces.models import IngestBatch, ProviderTrace
-from traces.services import ProviderTraceIn, provider_trace_build, provider_trace_copy_rows, provider_trace_record
-from traces.truncation import TRUNCATED_KEY, json_depth_capped, json_truncate
+from traces.models import IngestBatch
 
 PROTOBUF = "application/x-protobuf"
 

@@ -12,9 +12,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from agents.models import Run
 from config.celery import app as celery_app
-from steps.models import Message, Step
+from steps.models import Message, ProviderTrace, Step
 from tests.traces.test_ingest import URL, _agent_trace, _legacy_and_openinference, _spans
-from traces.models import IngestBatch, IngestBatchStatus, ProviderTrace
+from traces.models import IngestBatch, IngestBatchStatus
 from traces.services import trace_batches_process, trace_batches_sweep
 
 PROTOBUF = "application/x-protobuf"

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from config.errors import ApplicationError
-from traces.truncation import json_truncate, text_truncate
+from steps.truncation import json_truncate, text_truncate
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

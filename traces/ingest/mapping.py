@@ -25,9 +25,9 @@ from typing import Any
 from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
+from steps.truncation import json_depth_capped
 from steps.values import MessageIn, Usage, validate_message
 from traces.ingest.decode import OtlpSpan, clean_value
-from traces.truncation import json_depth_capped
 
 LLM_OPERATIONS = {"chat", "generate_content", "text_completion", "completion"}
 _ROLE_ALIASES = {"developer": "system", "model": "assistant", "human": "user", "ai": "assistant", "function": "tool"}

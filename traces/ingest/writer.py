@@ -1,6 +1,6 @@
 """Writes one OTLP export request through the services: runs (agents/services), steps (steps_record_many).
 
-Kept apart from traces/services.py only because steps.services imports that module; trace_ingest is the entry.
+trace_ingest (traces/services.py) is the entry; the mapping of spans onto records lives here.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from accounts.models import Organization
 from agents.models import Agent, Run, RunStatus, StopReason
 from agents.services import RunRecord, agent_get_or_create, runs_record_many
 from steps.models import Message, Step, StepMetrics, StepOrigin
+from steps.provider_traces import ProviderTraceIn, provider_trace_json
 from steps.services import StepMetricsIn, StepRecord, messages_create, steps_record_many
 from steps.values import MessageIn, validate_message
 from traces.ingest.decode import OtlpSpan
@@ -30,7 +31,7 @@ from traces.ingest.mapping import (
     span_kind,
     tool_execution,
 )
-from traces.services import IngestResult, ProviderTraceIn, provider_trace_json, rejection_message
+from traces.services import IngestResult, rejection_message
 
 
 def _classify(

@@ -26,6 +26,7 @@ from accounts.services import organization_get_or_create, project_get_or_create
 from agents.models import Agent, Run, RunStatus, StopReason
 from steps.models import (
     Message,
+    ProviderTrace,
     Step,
     StepMetrics,
     StepOrigin,
@@ -35,7 +36,6 @@ from steps.models import (
     StepStatus,
 )
 from steps.rollups import step_rollups_rebuild
-from traces.models import ProviderTrace
 
 
 @dataclass(frozen=True, slots=True)
