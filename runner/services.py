@@ -126,7 +126,6 @@ def run_wait(*, run: Run, timeout: float) -> Run:
     """Block until a run executing elsewhere stops (its stream closes), or `timeout` passes."""
     if not settings.CELERY_TASK_ALWAYS_EAGER:
         deadline = time.monotonic() + timeout
-
         # The run's row ends the wait too: a worker that died before publishing `done` leaves the run to the sweep.
         for event in follow(run.pk, idle_ms=1000, run_ended=lambda: run_stream_ended(run_id=run.pk)):
             if (event is not None and event.get("type") == DONE) or time.monotonic() > deadline:

@@ -34,7 +34,6 @@ from runner.loop.events import Publisher, publish_approval, run_end_events
 from runner.loop.step import CANCELLED, Outcome, RunState, StepInput, llm_context, run_step
 from runner.loop.tools import run_tools
 from runner.providers import CancelEvent, LLMRequest, ToolSpec, get_adapter
-from runner.services import run_fail_lost
 from runner.tools import get_tool
 from steps.models import Step, StepStatus
 from steps.services import messages_create, steps_fail_pending
@@ -62,7 +61,7 @@ def run_execute(*, run_id: str) -> Run:
             return run
         lost = run_lease_retry_in(run=run) <= 1 or lease_holder_dead(run.lease)
         if run.attempt >= settings.STEPLENS_RUN_MAX_ATTEMPTS and lost:
-            return run_fail_lost(run=run)  # its last worker died too: nothing may resume it
+            return services.run_fail_lost(run=run)  # its last worker died too: nothing may resume it
         raise RunLeased(run.pk, retry_in=run_lease_retry_in(run=run))
     # A re-delivered run: the step in flight when the worker died will never finish; close it truthfully.
     steps_fail_pending(
