@@ -34,14 +34,18 @@ def alert_list(
     *,
     organization: Organization,
     monitor: Monitor | None = None,
+    monitor_id: str | None = None,
     states: list[str] | None = None,
     start: datetime | None = None,
     end: datetime | None = None,
 ) -> QuerySet[AlertEvent]:
-    """Alert events, newest first, optionally of one monitor, in some states, created in [start, end)."""
+    """Alert events, newest first, optionally of one monitor (or monitor id: another organization's has none),
+    in some states, created in [start, end)."""
     events = AlertEvent.objects.filter(organization=organization)
     if monitor is not None:
         events = events.filter(monitor=monitor)
+    if monitor_id is not None:
+        events = events.filter(monitor_id=monitor_id)
     if states:
         events = events.filter(state__in=states)
     if start is not None:

@@ -21,7 +21,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import Organization, Project
-from config.errors import ApplicationError
+from config.errors import ApplicationError, NotFound
 from monitors import evaluation, payloads
 from monitors.models import (
     HISTORY_LENGTH,
@@ -130,8 +130,8 @@ def _project(*, organization: Organization, project_id: str | None) -> Project |
     if not project_id:
         return None
     project = Project.objects.filter(organization=organization, pk=project_id).first()
-    if project is None:
-        raise ApplicationError("Invalid monitor.", extra={"project_id": ["No such project."]})
+    if project is None:  # another organization's project looks the same as one that does not exist
+        raise NotFound("Project not found.", extra={"project_id": ["No such project in this organization."]})
     return project
 
 
@@ -370,7 +370,9 @@ def _queue(deliveries: list[Delivery]) -> None:
 def monitor_test_send(*, monitor: Monitor) -> list[Delivery]:
     """A sample notification to each of the monitor's targets, delivered like an alert's (retries and log)."""
     if not monitor.targets:
-        raise ApplicationError("The monitor has no notification targets.", extra={"targets": ["Add a target."]})
+        raise ApplicationError(
+            "The monitor has no notification targets.", extra={"targets": ["Add a target."]}, status_code=409
+        )
     deliveries = _deliveries(monitor, payloads.test_payload(monitor=monitor), event=None)
     _queue(deliveries)
     return deliveries

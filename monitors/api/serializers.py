@@ -108,7 +108,34 @@ class FiniteFloatField(StrictFloatField):
         return value
 
 
-@extend_schema_serializer(extensions={"x-additional-properties": False})
+_TARGET_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "kind": {"type": "string", "enum": [TargetKind.WEBHOOK.value]},
+                "url": {
+                    "type": "string",
+                    "maxLength": 2000,
+                    "pattern": WEBHOOK_URL_PATTERN,
+                },
+            },
+            "required": ["kind", "url"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "kind": {"type": "string", "enum": [TargetKind.EMAIL.value]},
+                "email": {"type": "string", "format": "email", "maxLength": 254},
+            },
+            "required": ["kind", "email"],
+            "additionalProperties": False,
+        },
+    ]
+}
+
+
 class TargetSerializer(serializers.Serializer):
     """A notification target: `{"kind": "webhook", "url": ...}` or `{"kind": "email", "email": ...}`."""
 
@@ -123,6 +150,8 @@ class TargetSerializer(serializers.Serializer):
         unknown = set(data) - set(self.fields) if isinstance(data, dict) else set()
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in sorted(unknown)})
+        if isinstance(data, dict) and "kind" not in data:  # required even inside a PATCH (partial) body
+            raise serializers.ValidationError({"kind": ["This field is required."]})
         return super().to_internal_value(data)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -132,6 +161,31 @@ class TargetSerializer(serializers.Serializer):
         if other in attrs:
             raise serializers.ValidationError({other: [f"Not used by a {attrs['kind']} target."]})
         return attrs
+
+
+@extend_schema_field({"type": "array", "maxItems": MAX_TARGETS, "items": _TARGET_SCHEMA})
+class TargetsField(serializers.Field):
+    """Notification targets, each checked whole by TargetSerializer (even inside a PATCH body)."""
+
+    def to_internal_value(self, data: Any) -> list[dict[str, Any]]:
+        if not isinstance(data, list):
+            raise serializers.ValidationError("Must be a list of targets.")
+        if len(data) > MAX_TARGETS:
+            raise serializers.ValidationError(f"At most {MAX_TARGETS} targets.")
+        errors: dict[str, Any] = {}
+        targets = []
+        for index, item in enumerate(data):
+            serializer = TargetSerializer(data=item)
+            if serializer.is_valid():
+                targets.append(serializer.validated_data)
+            else:
+                errors[str(index)] = serializer.errors
+        if errors:
+            raise serializers.ValidationError(errors)
+        return targets
+
+    def to_representation(self, value: Any) -> Any:
+        return value
 
 
 _NAME = {"max_length": 200}
@@ -157,7 +211,7 @@ class MonitorInSerializer(serializers.Serializer):
     group_by = serializers.ChoiceField(
         choices=GroupBy.values, required=False, allow_null=True, help_text="Evaluate each group on its own."
     )
-    targets = TargetSerializer(many=True, required=False, max_length=MAX_TARGETS)
+    targets = TargetsField(required=False)
     enabled = StrictBooleanField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:

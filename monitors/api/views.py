@@ -132,7 +132,7 @@ class MonitorListApi(APIView):
         operation_id="monitors_create",
         request=s.MonitorInSerializer,
         responses={201: s.MonitorCreatedSerializer},
-        extensions={"x-request-body-required": True},
+        extensions={"x-request-body-required": True, "x-error-statuses": [404]},
     )
     def post(self, request: Request) -> Response:
         _check_params(request, allowed=set())
@@ -154,7 +154,8 @@ class MonitorDetailApi(APIView):
         _check_params(request, allowed=set())
         return Response(_out(s.MonitorSerializer, monitor_data(_monitor(request, monitor_id))))
 
-    @extend_schema(operation_id="monitors_update", request=s.MonitorInSerializer, responses=s.MonitorSerializer)
+    @extend_schema(operation_id="monitors_update", request=s.MonitorInSerializer, responses=s.MonitorSerializer,
+                   description="404 also for a project_id that is not the organization's.")  # fmt: skip
     def patch(self, request: Request, monitor_id: str) -> Response:
         _check_params(request, allowed=set())
         monitor = _monitor(request, monitor_id)
@@ -197,8 +198,7 @@ class AlertListApi(APIView):
     def get(self, request: Request) -> Response:
         _check_params(request, allowed={"state", "start", "end", "limit", "monitor_id"})
         monitor_id = request.query_params.get("monitor_id")
-        scope = {"monitor": _monitor(request, monitor_id)} if monitor_id else {}
-        return _alerts(request, s.AlertListParamsSerializer, **scope)
+        return _alerts(request, s.AlertListParamsSerializer, monitor_id=monitor_id or None)
 
 
 class MonitorDeliveriesApi(APIView):
@@ -213,9 +213,11 @@ class MonitorDeliveriesApi(APIView):
 
 
 class MonitorTestApi(APIView):
-    """Send a sample notification to every target of the monitor (delivered, retried and logged like an alert's)."""
+    """Send a sample notification to every target of the monitor (delivered, retried and logged like an alert's);
+    409 when it has none."""
 
-    @extend_schema(operation_id="monitors_test", request=None, responses={202: s.DeliveryListSerializer})
+    @extend_schema(operation_id="monitors_test", request=None, responses={202: s.DeliveryListSerializer},
+                   extensions={"x-error-statuses": [409]})  # fmt: skip
     def post(self, request: Request, monitor_id: str) -> Response:
         _check_params(request, allowed=set())
         monitor = _monitor(request, monitor_id)

@@ -91,9 +91,11 @@ def test_private_notification_urls_are_allowed_when_the_deployment_says_so(api_c
 
 
 @pytest.mark.django_db
-def test_an_unknown_project_is_a_400_naming_it(api_client):
-    response = api_client.post("/v1/monitors", {**BODY, "project_id": "project-nope"}, format="json")
-    assert response.status_code == 400 and "project_id" in response.json()["fields"]
+def test_an_unknown_or_foreign_project_is_a_404_naming_it(api_client):
+    for project_id in ("project-nope", ProjectFactory().pk):
+        response = api_client.post("/v1/monitors", {**BODY, "project_id": project_id}, format="json")
+        assert response.status_code == 404 and "project_id" in response.json()["fields"]
+    assert not Monitor.objects.exists()
 
 
 @pytest.mark.django_db
@@ -105,7 +107,7 @@ def test_another_organizations_monitor_is_a_404_everywhere(api_client):
         response = getattr(api_client, method)(f"/v1/monitors/{theirs}{path}", {}, format="json")
         assert response.status_code == 404, (method, path, response.content)
         assert response.json()["error"] == "not_found"
-    assert api_client.get("/v1/alerts", {"monitor_id": theirs}).status_code == 404
+    assert api_client.get("/v1/alerts", {"monitor_id": theirs}).json()["data"] == []
     assert api_client.get("/v1/monitors").json()["data"] == []
     assert Monitor.objects.filter(pk=theirs).exists()
 
@@ -139,4 +141,4 @@ def test_alerts_are_listed_by_state_and_time_for_one_monitor_or_all(api_client, 
 def test_the_test_action_needs_a_target(api_client):
     monitor_id = api_client.post("/v1/monitors", BODY, format="json").json()["id"]
     response = api_client.post(f"/v1/monitors/{monitor_id}/test")
-    assert response.status_code == 400 and "targets" in response.json()["fields"]
+    assert response.status_code == 409 and "targets" in response.json()["fields"]
