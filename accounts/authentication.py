@@ -2,9 +2,9 @@
 key's scope and project allow.
 
 Scopes: `ingest` only sends traces (POST /v1/traces), `read` only reads (GET/HEAD/OPTIONS), `full` anything.
-A key limited to a project: its request's organization carries `scoped_project_id` (selectors narrow by it,
-see `accounts.selectors.project_scope`) and its query parameters carry `project_id` (every step filter and
-report narrows by it); asking for another project's data finds nothing.
+A key limited to a project: its request's organization carries `scoped_project_id`, and the selectors that
+receive the organization narrow by it (`accounts.selectors.project_scope`; the step filters set `project_id`
+to it, so reports narrow too); another project's object is not found.
 """
 
 from typing import Any
@@ -79,7 +79,7 @@ def scope_allows(*, scope: str, method: str, url_name: str | None, required: str
 
 class HasOrganization(permissions.BasePermission):
     """Allows a request authenticated by an API key (every /v1/ endpoint needs one) whose scope covers it
-    (403 otherwise), and narrows a project-limited key's query parameters to its project."""
+    (403 otherwise)."""
 
     message = "This API key's scope does not allow this request."
 
@@ -88,24 +88,12 @@ class HasOrganization(permissions.BasePermission):
         if not isinstance(principal, ApiKeyPrincipal):
             return False
         match = getattr(request._request, "resolver_match", None)
-        if not scope_allows(
+        return scope_allows(
             scope=principal.api_key.scope,
             method=request.method,
             url_name=match.url_name if match else None,
             required=getattr(view, "api_key_scope", None),
-        ):
-            return False
-        if principal.api_key.project_id:
-            _pin_project(request, principal.api_key.project_id)
-        return True
-
-
-def _pin_project(request: Request, project_id: str) -> None:
-    """Replace any `project_id` parameter with the key's own project (so filters and reports read only it)."""
-    query = request._request.GET.copy()
-    query.setlist("project_id", [project_id])
-    query._mutable = False
-    request._request.GET = query
+        )
 
 
 def request_organization(request: Request) -> Organization:

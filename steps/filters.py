@@ -309,8 +309,11 @@ def step_filterset(
 ) -> StepFilterSet:
     """A validated StepFilterSet over `organization`'s steps; invalid values raise a 400 naming each field."""
     base = queryset if queryset is not None else Step.objects.all()
-    base = base.filter(organization=organization, **project_scope(organization))  # a project-limited API key
-    filterset = StepFilterSet(data=_as_querydict(params), queryset=base)
+    data, scoped = _as_querydict(params), project_scope(organization)
+    if scoped:  # a project-limited API key: its project whatever was asked (so the rollup path narrows too)
+        data = data.copy()
+        data.setlist("project_id", [scoped["project_id"]])
+    filterset = StepFilterSet(data=data, queryset=base.filter(organization=organization, **scoped))
     if not filterset.is_valid():
         raise ApplicationError("Invalid query parameters.", extra=filter_errors(filterset))
     return filterset
