@@ -121,6 +121,8 @@ def main() -> None:
             call(p, console, "get", "/admin/dashboard/")
         with recorder.phase("console steps list: GET /admin/steps/step/") as p:
             call(p, console, "get", "/admin/steps/step/")
+        with recorder.phase("console errors page: GET /admin/errors/") as p:
+            call(p, console, "get", "/admin/errors/")
 
         # --- reads that must see writes: the primary -----------------------------------------------------------
         run_id = call(None, api, "get", "/v1/steps?limit=50&request_id=req-r1")["data"][0]["run_id"]

@@ -89,6 +89,7 @@ def test_reads_that_may_lag_go_to_the_streaming_replica_and_writes_and_read_your
         "errors report",
         "console dashboard",
         "console steps list",
+        "console errors page",
     ):
         assert on(name, "replica") > 0, by_name[name]
         assert on(name, "default", replicated_only=True) == 0, [
