@@ -259,7 +259,7 @@ def _usage_from_rollups(
         row.update(usage_measures(summed))
         rows.append(row)
     truncated = len(rows) > limit
-    if truncated:  # the same groups a scan keeps: the first `limit` in key order
+    if truncated:  # the first `limit` groups in key order, as a scan keeps them
         rows.sort(key=lambda row: _sort_key(row, keys))
         del rows[limit:]
     return Report(group_by=group_by, rows=rows, source=source, exact_percentiles=False, truncated=truncated)
