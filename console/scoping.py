@@ -28,10 +28,12 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 
+from accounts.audit import actor_from_request
 from accounts.backends import cached_user_roles
 from accounts.models import Organization, Project
 from accounts.roles import MEMBER_APPS, Capability, role_allows
 from accounts.selectors import organization_list_for
+from accounts.services import audit_record
 
 SESSION_ORGANIZATION = "steplens_organization"
 _REQUEST_CACHE = "_steplens_console_scope"
@@ -249,6 +251,32 @@ class OrganizationScopedAdmin:
             for name, value in actions.items()
             if any(role_allows(r, self._action_capability(name)) for r in scope.roles.values())
         }
+
+    # --- the audit log: what the console adds, changes and deletes (accounts' own pages audit in its services)
+
+    def _audit(self, request: HttpRequest, obj: Any, action: str, message: Any = None) -> None:
+        if self.model._meta.app_label == "accounts":
+            return
+        audit_record(
+            actor=actor_from_request(request),
+            action=f"{self.model._meta.model_name}.{action}",
+            organization=self.object_organization_id(obj),
+            target=obj,
+            after={"object": str(obj)[:200], "change": message} if message else {"object": str(obj)[:200]},
+        )
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        self._audit(request, obj, "create", message)
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        self._audit(request, obj, "change", message)
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        for obj in queryset[:1000]:
+            self._audit(request, obj, "delete")
+        return super().log_deletions(request, queryset)
 
 
 def scoped(model_admin_class: type[admin.ModelAdmin], **attrs: Any) -> type[admin.ModelAdmin]:

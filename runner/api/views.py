@@ -9,7 +9,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.audit import actor_from_request
 from accounts.authentication import request_organization
+from accounts.services import audit_record
 from agents import selectors
 from agents.models import Run
 from agents.services import agent_create, agent_delete, agent_update
@@ -64,6 +66,13 @@ class AgentDetailApi(APIView):
     def delete(self, request: Request, agent_id: str) -> Response:
         agent = selectors.agent_get(organization=request_organization(request), agent_id=agent_id)
         agent_delete(agent=agent)
+        audit_record(
+            actor=actor_from_request(request),
+            action="agent.delete",
+            organization=agent.organization_id,
+            target=agent,
+            before={"name": agent.name},
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -205,3 +205,12 @@ def test_add_member_command_creates_the_user_and_sets_the_role(world):
     membership.refresh_from_db()
     assert membership.role == Role.VIEWER
     assert AuditEvent.objects.filter(action="member.role", target_id=str(membership.pk)).exists()
+
+
+def test_deleting_an_agent_through_the_api_is_audited_with_the_key(world):
+    client = _client(world["keys"]["full"])
+    agent_id = world["ids"]["mine"]["agent_id"]
+    assert client.delete(f"/v1/agents/{agent_id}").status_code == 204
+    event = AuditEvent.objects.get(action="agent.delete", target_id=agent_id)
+    assert event.organization == world["organization"] and event.actor.startswith("key sl-")
+    assert event.actor_api_key is not None and event.before == {"name": "agent-mine"}

@@ -426,3 +426,17 @@ def test_every_admin_url_pattern_is_known_to_these_tests():
             continue
     unknown = names - known
     assert not unknown, f"test the new console pages {sorted(unknown)} for cross-organization 404s"
+
+
+def test_console_deletions_and_changes_are_audited(teams):
+    from agents.models import Agent
+
+    agent = teams.a[Agent]
+    client = client_for(teams, "admin")
+    response = client.post(reverse("admin:agents_agent_delete", args=[agent.pk]), {"post": "yes"})
+    assert response.status_code == 302
+    event = AuditEvent.objects.get(action="agent.delete", target_id=agent.pk)
+    assert event.actor == "admin" and event.organization == teams.a.organization and event.ip == "127.0.0.1"
+    # A viewer cannot delete at all.
+    other = teams.a[type(teams.a[Step].run)]
+    assert client_for(teams, "viewer").post(reverse("admin:agents_run_delete", args=[other.pk])).status_code == 403
