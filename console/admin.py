@@ -33,6 +33,7 @@ from console.changelist import (
     StopReasonFilter,
     TagsFilter,
 )
+from console.monitors import install_monitor_urls
 from console.scoping import (
     OrganizationScopedAdmin,
     console_scope,
@@ -51,6 +52,7 @@ from steps.admin import MessageAdmin, ProviderTraceAdmin, StepAdmin, StepMetrics
 from steps.models import Message, ProviderTrace, Step, StepMetrics
 
 install_admin_urls(admin.site)
+install_monitor_urls(admin.site)
 install_member_access(admin.site)
 # Step lists and charts need the width; the header links and the index lead everywhere the sidebar did.
 admin.site.enable_nav_sidebar = False
