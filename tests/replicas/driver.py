@@ -63,6 +63,18 @@ class Recorder:
             self.current = None
 
 
+def call(phase: dict[str, Any] | None, client: Client, method: str, path: str, **kwargs: Any) -> Any:
+    """The answer's JSON body (None for a page); its status (and error code, Retry-After) are noted in the phase."""
+    response = getattr(client, method)(path, **kwargs)
+    body = response.json() if response.get("Content-Type", "").startswith("application/json") else None
+    if phase is not None:
+        answer = {"request": f"{method.upper()} {path}", "status": response.status_code}
+        if response.status_code >= 400:
+            answer |= {"error": (body or {}).get("error"), "retry_after": response.get("Retry-After")}
+        phase["answers"].append(answer)
+    return body
+
+
 def main() -> None:
     assert "replica" in settings.DATABASES and settings.DATABASE_ROUTERS, "DATABASE_REPLICA_URL was not applied"
     call_command("migrate", verbosity=0)  # on the primary only (the router's allow_migrate)
@@ -85,14 +97,6 @@ def main() -> None:
         stack.enter_context(override_settings(STORAGES={**settings.STORAGES, "staticfiles": _PLAIN_STATIC}))
         for alias in ("default", "replica"):
             stack.enter_context(connections[alias].execute_wrapper(recorder.wrapper(alias)))
-
-        def call(phase: dict[str, Any] | None, client: Client, method: str, path: str, **kwargs: Any) -> Any:
-            """The answer's JSON body (None for a page); its status is noted in the phase."""
-            response = getattr(client, method)(path, **kwargs)
-            body = response.json() if response.get("Content-Type", "").startswith("application/json") else None
-            if phase is not None:
-                phase["answers"].append({"request": f"{method.upper()} {path}", "status": response.status_code})
-            return body
 
         # --- writes, and the agent loop reading back its own run and steps -----------------------------------
         with recorder.phase("run an agent: POST /v1/agents/{id}/messages (the loop runs in process)") as p:
@@ -160,5 +164,29 @@ def main() -> None:
     json.dump({"phases": recorder.phases}, sys.stdout)
 
 
+def replica_down() -> None:
+    """The standby is stopped: what reads it answers the database-unavailable 503, the rest goes on."""
+    organization = OrganizationFactory(name="replica-down")  # the factory's sequence restarts in this process
+    _, key = api_key_create(organization=organization, name="replica-down")
+    api = Client(headers={"Authorization": f"Bearer {key}"})
+    primary = psycopg.connect(os.environ["DATABASE_URL"], autocommit=True)
+    recorder = Recorder()
+    with ExitStack() as stack:
+        for alias in ("default", "replica"):
+            stack.enter_context(connections[alias].execute_wrapper(recorder.wrapper(alias)))
+        with recorder.phase("replica down: GET /v1/steps") as p:
+            call(p, api, "get", "/v1/steps")
+        spans = llm_spans_request(2, extra={"steplens.request_id": "req-down"}).SerializeToString()
+        with recorder.phase("replica down: POST /v1/traces") as p:
+            call(p, api, "post", "/v1/traces", data=spans, content_type="application/x-protobuf")
+        (step_id,) = primary.execute("SELECT id FROM steps_step WHERE request_id = 'req-down' LIMIT 1").fetchone()
+        with recorder.phase("replica down: GET /v1/steps/{id}") as p:
+            call(p, api, "get", f"/v1/steps/{step_id}")
+    json.dump({"phases": recorder.phases}, sys.stdout)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--replica-down"]:
+        replica_down()
+    else:
+        main()

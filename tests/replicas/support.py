@@ -92,9 +92,12 @@ class StreamingReplica:
                 )
             time.sleep(0.2)
 
+    def stop_standby(self) -> None:
+        self.primary._run("pg_ctl", "-D", str(self.standby_data), "-m", "fast", "-w", "-t", "60", "stop")
+
     def destroy(self) -> None:
         with suppress(subprocess.SubprocessError, OSError):
-            self.primary._run("pg_ctl", "-D", str(self.standby_data), "-m", "fast", "-w", "-t", "60", "stop")
+            self.stop_standby()
         self.primary.destroy()
 
 

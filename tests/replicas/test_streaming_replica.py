@@ -6,7 +6,8 @@ configured only by DATABASE_URL and DATABASE_REPLICA_URL (tests/replicas/driver.
 the alias that ran it. Lists, reports, the request join and the console read the standby; writes, the agent loop,
 ingest, a run's page and a browser that just sent a form read the primary. With the standby's replay paused, a new
 request is missing from the replica's request join while the primary serves its step: the reads really came from
-the standby. The figures per phase are printed.
+the standby. Then the standby is stopped: the step list answers the database-unavailable 503 (JSON, Retry-After)
+while ingest and a step's own URL, on the primary, still answer 200. The figures per phase are printed.
 """
 
 import json
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.postgres]  # PostgreSQL servers of
 _PRIMARY_ONLY_PREFIXES = ("accounts_", "auth_", "django_session", "django_content_type", "django_admin_log")
 
 
-def _run_driver(primary_url: str, standby_url: str, logs) -> list[dict]:
+def _run_driver(primary_url: str, standby_url: str, logs, *args: str) -> list[dict]:
     env = production_env(
         primary_url,
         DATABASE_REPLICA_URL=standby_url,
@@ -33,7 +34,7 @@ def _run_driver(primary_url: str, standby_url: str, logs) -> list[dict]:
     )
     env["DJANGO_ALLOWED_HOSTS"] = "testserver"  # Django's test client
     result = subprocess.run(
-        [str(REPO / ".venv/bin/python"), "-m", "tests.replicas.driver"],
+        [str(REPO / ".venv/bin/python"), "-m", "tests.replicas.driver", *args],
         env=env, cwd=REPO, capture_output=True, timeout=300,
     )  # fmt: skip
     (logs / "driver.err").write_bytes(result.stderr)
@@ -59,10 +60,12 @@ def test_reads_that_may_lag_go_to_the_streaming_replica_and_writes_and_read_your
         phases = _run_driver(servers.primary_url("steplens"), servers.standby_url("steplens"), tmp_path)
         standby_log = servers.standby_log.read_text(errors="replace")
         primary_log = servers.primary.log.read_text(errors="replace")
+        servers.stop_standby()
+        down = _run_driver(servers.primary_url("steplens"), servers.standby_url("steplens"), tmp_path, "--replica-down")
 
     by_name = {phase["name"].split(":")[0]: phase for phase in phases}
     print("\nqueries per alias (replica / primary; primary-only tables: accounts, auth, sessions):")
-    for phase in phases:
+    for phase in [*phases, *down]:
         aliases = Counter(q["alias"] for q in phase["queries"])
         statuses = ", ".join(str(a["status"]) for a in phase["answers"])
         print(f"  {aliases['replica']:3d} / {aliases['default']:3d}  [{statuses}]  {phase['name']}")
@@ -126,3 +129,10 @@ def test_reads_that_may_lag_go_to_the_streaming_replica_and_writes_and_read_your
         f"the driver counted {replica_queries} replica queries"
     )
     assert _statements(standby_log, "steplens") >= replica_queries
+
+    # The standby stopped: what reads it answers the database-unavailable 503 (JSON, Retry-After), nothing else fails.
+    list_down, ingest_down, step_down = (phase["answers"] for phase in down)
+    assert list_down == [
+        {"request": "GET /v1/steps", "status": 503, "error": "service_unavailable", "retry_after": "5"}
+    ]
+    assert [a["status"] for a in ingest_down + step_down] == [200, 200]
