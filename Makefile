@@ -60,3 +60,10 @@ browser-deps:
 	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
 	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
 	else echo "chromium is missing: run 'make browser-deps' as root (apt-get install -y chromium)" >&2; fi
+
+# Debian's prometheus for the scrape test (tests/ops/test_prometheus_scrape.py), installed only when it is missing.
+.PHONY: ops-deps
+ops-deps:
+	@if command -v prometheus >/dev/null 2>&1; then echo "prometheus: $$(prometheus --version 2>&1 | head -n 1)"; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus; \
+	else echo "prometheus is missing: run 'make ops-deps' as root (apt-get install -y prometheus)" >&2; fi

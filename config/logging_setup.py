@@ -87,6 +87,9 @@ class ContextFilter(logging.Filter):
         for name in CONTEXT_FIELDS:
             if not hasattr(record, name):
                 setattr(record, name, context.get(name))
+        for name, value in context.items():  # what log_context added beyond the four (task, task_id, batch_id)
+            if not hasattr(record, name):
+                setattr(record, name, value)
         return True
 
 

@@ -257,6 +257,8 @@ CELERY_BEAT_SCHEDULE["sweep-ingest-batches"] = {"task": "traces.sweep_ingest_bat
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "StepStatusEnum": "steps.models.StepStatus",
     "RunStatusEnum": "agents.models.RunStatus",
+    "MonitorStateEnum": "monitors.models.MonitorState",
+    "MonitorStateValueEnum": [("ok", "ok"), ("alerting", "alerting"), ("no_data", "no_data")],
     "FeedbackEnum": "steps.models.Feedback",
     "ToolReturnStatusEnum": [("success", "success"), ("error", "error")],
     "ReportSourceEnum": [("rollup", "rollup"), ("rollup+steps", "rollup+steps"), ("steps", "steps")],

@@ -119,3 +119,24 @@ def test_warnings_land_in_the_recent_errors_ring_bounded_by_the_setting(settings
     assert [e["message"].split(" with")[0] for e in entries] == ["failure 4", "failure 3", "failure 2"]
     assert all("abcdefghijklmnop" not in e["message"] for e in entries)
     assert entries[0]["logger"] == "steplens.ring" and entries[0]["level"] == "ERROR"
+
+
+def test_a_task_s_ids_go_on_the_lines_it_logs(json_log):
+    """Celery's task_prerun binds the ids a task was given (ops.signals); task_postrun unbinds them."""
+    from celery import signals
+
+    class RunAgent:
+        name = "agents.run_agent"
+
+    task = RunAgent()
+    signals.task_prerun.send(sender=task, task_id="task-1", task=task, args=(), kwargs={"run_id": "run-9"})
+    logging.getLogger("steplens.task").info("in the task")
+    signals.task_postrun.send(
+        sender=task, task_id="task-1", task=task, args=(), kwargs={"run_id": "run-9"}, retval="ok", state="SUCCESS"
+    )
+    logging.getLogger("steplens.task").info("after the task")
+    records, _ = json_log()
+    inside = next(r for r in records if r["message"] == "in the task")
+    after = next(r for r in records if r["message"] == "after the task")
+    assert (inside["run_id"], inside["task_id"], inside["task"]) == ("run-9", "task-1", "agents.run_agent")
+    assert "run_id" not in after and "task_id" not in after

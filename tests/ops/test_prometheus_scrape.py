@@ -194,6 +194,7 @@ def test_prometheus_sees_the_backlog_rise_and_fall_and_readyz_follows_the_databa
             STEPLENS_OTLP_REQUEUE_AFTER_SECONDS="3600",
             DATABASE_CONNECT_TIMEOUT="2",
             STATIC_ROOT=str(tmp_path / "static"),  # the console's pages need the collected static files
+            LOG_FORMAT="json",
         )
         api_key = prepare_database(server, env)
         password = secrets.token_hex(8)
@@ -249,14 +250,29 @@ def test_prometheus_sees_the_backlog_rise_and_fall_and_readyz_follows_the_databa
             # (2) A worker starts: the backlog drains, in the database and in Prometheus.
             worker = start_ingest_worker(env, tmp_path)
             services.append(worker)
-            wait_until(
-                lambda: _scalar(prom_port, "steplens_ingest_backlog_batches") == 0, timeout=90, what="backlog drained"
-            )
+            try:
+                wait_until(
+                    lambda: _scalar(prom_port, "steplens_ingest_backlog_batches") == 0,
+                    timeout=90,
+                    what="backlog drained",
+                )
+            except AssertionError:
+                with server.connect("steplens") as db:
+                    states = db.execute("SELECT status, count(*) FROM traces_ingestbatch GROUP BY status").fetchall()
+                scraped = _get(port, "/metrics", {"Authorization": f"Bearer {TOKEN}"})[1][-3000:]
+                raise AssertionError(
+                    f"batches {states}, Prometheus {_query(prom_port, 'steplens_ingest_backlog_batches')}, "
+                    f"{_query(prom_port, 'steplens_state_up')}\n{scraped}"
+                ) from None
             assert _scalar(prom_port, "steplens_ingest_mapping_lag_seconds") == 0
             assert _scalar(prom_port, "max_over_time(steplens_ingest_backlog_batches[5m])") == BATCHES
             with server.connect("steplens") as db:
                 assert db.execute("SELECT count(*) FROM steps_step").fetchone()[0] == BATCHES * SPANS
             stop_services([worker])
+            # LOG_FORMAT=json in the worker too (Celery keeps Steplens's logging): one object per line.
+            lines = [json.loads(line) for line in worker.log.read_text().splitlines() if line.startswith("{")]
+            done = [r for r in lines if "process_ingest_batches" in r["message"] and "succeeded" in r["message"]]
+            assert done and all(r["logger"] == "celery.app.trace" for r in done), worker.tail()
 
             # (3) Readiness follows the database: 503 naming it while it is stopped, 200 by itself once it is back.
             assert _get(port, "/readyz")[0] == 200
@@ -273,4 +289,5 @@ def test_prometheus_sees_the_backlog_rise_and_fall_and_readyz_follows_the_databa
             wait_until(lambda: _scalar(prom_port, "steplens_state_up") == 1, timeout=20, what="state back in scrape")
         finally:
             stop_services(services)
-    print(f"\n{gunicorn.tail(1500)}")
+    requests = [json.loads(line) for line in gunicorn.log.read_text().splitlines() if line.startswith("{")]
+    assert any(r.get("request_id") and r["logger"] == "ops.views" for r in requests), gunicorn.tail()
