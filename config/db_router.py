@@ -10,7 +10,8 @@ other read goes to the primary, so code that does not opt in keeps read-your-wri
 - reads inside `transaction.atomic` (and inside a test's transaction, which only the primary connection sees);
 - the tenancy and login tables (`accounts`, `auth`, `sessions`, ...): a new API key or a revoked member takes
   effect at once, and a session made at login is found on the next page;
-- anything under `primary()`; Celery tasks, the agent loop, SSE streams and OTLP ingest, which never opt in.
+- anything under `primary()`, and every Celery task (an eager one inside a request too), so the agent loop and
+  OTLP ingest's claim and mapping; SSE streams, whose bodies are produced after the middleware returned.
 
 Without a replica alias the router is not installed and every query goes to `default`, as before.
 """
@@ -19,10 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from celery import signals
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections, router
 
@@ -92,6 +94,24 @@ def primary() -> Iterator[None]:
     try:
         yield
     finally:
+        _scope.reset(token)
+
+
+# Tokens of the primary() scope each running task opened, by task id.
+_task_scopes: dict[str, Token[_Scope | None]] = {}
+
+
+@signals.task_prerun.connect(weak=False)
+def _task_reads_primary(task_id: str, **_: Any) -> None:
+    """A Celery task reads the primary, also when it runs eagerly inside a request that may read the replica: tasks
+    act on what was just written (the run they execute, the batch they map)."""
+    _task_scopes[task_id] = _scope.set(_Scope(replica=False))
+
+
+@signals.task_postrun.connect(weak=False)
+def _task_done(task_id: str, **_: Any) -> None:
+    token = _task_scopes.pop(task_id, None)
+    if token is not None:
         _scope.reset(token)
 
 

@@ -20,6 +20,7 @@ from django.test import RequestFactory
 from accounts.models import ApiKey, Organization
 from agents.models import Run
 from config import db_router
+from config.celery import app as celery_app
 from config.db_router import PRIMARY, REPLICA, ROUTER, ReplicaRouter, primary, replica_reads, replica_settings
 from config.middleware import PIN_COOKIE, ReplicaReadsMiddleware
 from steps.models import Step, StepRollupDay
@@ -118,6 +119,17 @@ def test_primary_works_as_a_decorator(replica_exists):
     with replica_reads():
         assert read_back() == PRIMARY
         assert ReplicaRouter().db_for_read(Run) == REPLICA
+
+
+@celery_app.task(name="tests.replicas.alias_of_a_step_read")
+def alias_of_a_step_read() -> str:
+    return ReplicaRouter().db_for_read(Step)
+
+
+def test_a_celery_task_reads_the_primary_even_when_run_eagerly_inside_a_replica_request(replica_exists):
+    with replica_reads():
+        assert alias_of_a_step_read.apply().get() == PRIMARY
+        assert ReplicaRouter().db_for_read(Step) == REPLICA  # the request's own scope is back after the task
 
 
 def test_tenancy_and_login_tables_are_always_read_from_the_primary(replica_exists):
