@@ -12,11 +12,11 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -244,7 +244,12 @@ def monitors_evaluate(*, now: datetime | None = None, organization: Organization
         with transaction.atomic():
             for monitor, fold_value in query.members:
                 found = rows.get(fold_value, [])
-                _record(monitor, found, window=window, alerting=alerting.get(monitor.pk, {}), report=report)
+                try:
+                    with transaction.atomic():  # a savepoint: one monitor's failed write leaves the others'
+                        _record(monitor, found, window=window, alerting=alerting.get(monitor.pk, {}), report=report)
+                except DatabaseError as exc:
+                    logger.exception("monitor %s: its evaluation could not be recorded", monitor.pk)
+                    report.errors.append(f"{monitor.pk}: {type(exc).__name__}")
     report.seconds = time.perf_counter() - started
     return report
 
@@ -376,6 +381,22 @@ def monitor_test_send(*, monitor: Monitor) -> list[Delivery]:
     deliveries = _deliveries(monitor, payloads.test_payload(monitor=monitor), event=None)
     _queue(deliveries)
     return deliveries
+
+
+@transaction.atomic
+def deliveries_requeue(*, older_than: timedelta) -> int:
+    """Queue again the deliveries still pending with no attempt for `older_than`: their task was lost (a broker
+    that kept nothing across a restart). A task that merely waits for its backoff is left alone as long as
+    `older_than` exceeds the longest backoff; a duplicate finds the delivery done and does nothing."""
+    stale = list(
+        Delivery.objects.filter(status=DeliveryStatus.PENDING, updated_at__lt=timezone.now() - older_than)
+        .order_by("updated_at")
+        .values_list("pk", flat=True)[:1000]
+    )
+    if stale:
+        Delivery.objects.filter(pk__in=stale).update(updated_at=timezone.now())
+        _queue([Delivery(pk=pk) for pk in stale])
+    return len(stale)
 
 
 def delivery_attempt(*, delivery_id: int, max_attempts: int) -> tuple[bool | None, int]:

@@ -1,16 +1,20 @@
 """Celery entry points of monitors: the periodic evaluation cycle and one notification delivery with retries."""
 
+from datetime import timedelta
+
 from celery import shared_task
 from django.conf import settings
 
 from config.celery import Queue
-from monitors.services import delivery_attempt, monitors_evaluate
+from monitors.services import deliveries_requeue, delivery_attempt, monitors_evaluate
 
 
 @shared_task(name="monitors.evaluate_monitors", queue=Queue.DEFAULT, acks_late=True, ignore_result=True)
 def evaluate_monitors() -> dict:
-    """One evaluation cycle (Celery beat, every STEPLENS_MONITOR_EVALUATE_SECONDS)."""
+    """One evaluation cycle (Celery beat, every STEPLENS_MONITOR_EVALUATE_SECONDS), then the deliveries whose task
+    was lost are queued again (pending for twice the longest backoff)."""
     report = monitors_evaluate()
+    deliveries_requeue(older_than=timedelta(seconds=2 * settings.STEPLENS_NOTIFY_RETRY_MAX_SECONDS + 60))
     return {"monitors": report.monitors, "queries": report.queries, "events": report.events,
             "seconds": round(report.seconds, 3)}  # fmt: skip
 

@@ -142,3 +142,23 @@ def test_the_secret_of_a_changed_django_secret_key_cannot_be_read(settings, orga
     monitor, _ = monitor_create(organization=organization, data=BODY)
     settings.SECRET_KEY = "another-key"
     assert secret_decrypt(monitor.secret_encrypted) is None
+
+
+@pytest.mark.django_db
+def test_a_delivery_whose_task_was_lost_is_sent_by_a_later_cycle(
+    api_client, receiver, django_capture_on_commit_callbacks
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from monitors.services import deliveries_requeue
+
+    monitor = _create(api_client, [{"kind": "webhook", "url": receiver.url}])
+    api_client.post(f"/v1/monitors/{monitor['id']}/test")  # its task is never run: lost with the broker
+    Delivery.objects.update(updated_at=timezone.now() - timedelta(hours=1))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliveries_requeue(older_than=timedelta(minutes=31)) == 1
+    assert Delivery.objects.get().status == "delivered" and len(receiver.requests) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliveries_requeue(older_than=timedelta(minutes=31)) == 0
