@@ -196,6 +196,15 @@ class OrganizationScopedAdmin:
                 kwargs["queryset"] = Project.objects.filter(organization__in=scope.managed_organizations())
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        """A new object's organization is the switcher's, when the person may manage there."""
+        initial = super().get_changeform_initial_data(request)
+        scope = console_scope(request)
+        has_organization = any(f.name == "organization" for f in self.model._meta.fields)
+        if has_organization and "organization" not in initial and scope.allows(Capability.MANAGE, None):
+            initial["organization"] = scope.current_id
+        return initial
+
     def save_model(self, request: HttpRequest, obj: Any, form: forms.ModelForm, change: bool) -> None:
         if not self._allowed(request, self.write_capability, obj):
             raise PermissionDenied

@@ -10,7 +10,7 @@ from django.contrib import admin
 from django.contrib.admin.utils import quote as admin_quote
 from django.core import mail
 from django.test import Client
-from django.urls import URLPattern, URLResolver, reverse
+from django.urls import URLPattern, reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -23,7 +23,7 @@ from tests.console.teams import PASSWORD, build_teams
 pytestmark = pytest.mark.django_db
 
 # The console's own pages (not a model admin's): those that show one organization take `?organization=`.
-ORGANIZATION_PAGES = ("dashboard", "errors", "steps_step_changelist", "agents_run_changelist")
+ORGANIZATION_PAGES = ("dashboard", "errors", "steps_step_changelist", "agents_run_changelist")  # besides site_pages()
 SUPERUSER_PAGES = ("system",)
 # Pages that show no organization's data (Django's own and the teams plumbing, tested below).
 PLAIN_PAGES = (
@@ -415,17 +415,47 @@ def test_the_switcher_changes_the_current_organization_among_ones_own(teams):
     assert teams.b[Step].pk in listing and teams.a[Step].pk not in listing
 
 
-def test_every_admin_url_pattern_is_known_to_these_tests():
-    """A new site-level page (not a model admin's) must be added to the isolation tests above."""
-    known = {*ORGANIZATION_PAGES, *SUPERUSER_PAGES, *PLAIN_PAGES}
-    names = set()
+def site_pages() -> dict[str, list[str]]:
+    """The console's own pages (not a model admin's), by name, with the names of their URL arguments."""
+    pages = {}
     for entry in admin.site.get_urls():
-        if isinstance(entry, URLPattern) and entry.name:
-            names.add(entry.name)
-        elif isinstance(entry, URLResolver):
+        if isinstance(entry, URLPattern) and entry.name and not entry.name.startswith("app_list"):
+            pattern = entry.pattern
+            arguments = list(getattr(pattern, "converters", {}) or {}) or list(pattern.regex.groupindex)
+            pages[entry.name] = arguments
+    return pages
+
+
+def test_every_console_page_of_its_own_is_scoped(teams):
+    """Every site-level page, found from the admin site (so a new one is covered): one that shows an object
+    (an `<model>_id` argument) is a 404 with organization B's object, GET and POST; one that shows an
+    organization is a 404 for `?organization=B` and shows none of B; superuser pages are a 403 for members."""
+    client = client_for(teams, "owner")
+    by_model_name = {model._meta.model_name: obj for model, obj in teams.b.objects.items()}
+    b_markers = [teams.b.organization.pk, "bravo-"]
+    checked = []
+    for name, arguments in site_pages().items():
+        if name in PLAIN_PAGES:
             continue
-    unknown = names - known
-    assert not unknown, f"test the new console pages {sorted(unknown)} for cross-organization 404s"
+        if name in SUPERUSER_PAGES:
+            assert client.get(reverse(f"admin:{name}")).status_code == 403, name
+            continue
+        if arguments:
+            argument = arguments[0]
+            assert argument.endswith("_id") and argument[: -len("_id")] in by_model_name, (
+                f"{name}: add an object of organization B for <{argument}> to tests/console/teams.py"
+            )
+            url = reverse(f"admin:{name}", kwargs={argument: by_model_name[argument[: -len("_id")]].pk})
+            assert client.get(url).status_code in (404, 405), url  # 405: a POST-only page, before any lookup
+            assert client.post(url, {}).status_code == 404, url
+        else:
+            url = reverse(f"admin:{name}")
+            response = client.get(url, follow=True)
+            assert response.status_code in (200, 405), (url, response.status_code)
+            assert not [m for m in b_markers if m in response.content.decode()], url
+            assert client.get(url, {"organization": teams.b.organization.pk}).status_code == 404, url
+        checked.append(name)
+    assert {"dashboard", "errors"} <= set(checked)
 
 
 def test_console_deletions_and_changes_are_audited(teams):
