@@ -287,7 +287,8 @@ def _instrument(telemetry: Telemetry) -> None:
 
     # The OTLP ingest endpoint is excluded: tracing it would make every exported batch produce more spans.
     for instrumentor, kwargs in (
-        (DjangoInstrumentor(), {"excluded_urls": "v1/traces"}),
+        # The probes and the metrics scrape too: polled every few seconds, they would drown the real traces.
+        (DjangoInstrumentor(), {"excluded_urls": r"v1/traces,/healthz\?,/readyz\?,/metrics\?"}),
         (CeleryInstrumentor(), {}),
     ):
         if instrumentor.is_instrumented_by_opentelemetry:
