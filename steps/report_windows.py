@@ -24,14 +24,11 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import TruncDay, TruncHour, TruncWeek
 
 from accounts.models import Organization
-from steps.filters import step_filterset
 from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
 from steps.models import StepStatus
-from steps.rollups import COUNT_COLUMNS, ROLLUP_FILTERS, RollupRow, hour_ceil, hour_of, merge_into, rollup_totals
+from steps.rollups import COUNT_COLUMNS, RollupRow, hour_ceil, hour_of, merge_into, rollup_totals
 
 TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
-# Rollup dimensions by the step column that holds them (the same names in both tables).
-ROLLUP_COLUMNS = frozenset({"model", "model_handle", "provider_name", "agent_id", "project_id"})
 # What a report read, in its `source`: the rollups only, the rollups plus the steps of the ragged edges,
 # or only the steps.
 SOURCE_ROLLUP = "rollup"
@@ -163,69 +160,3 @@ def rollup_window_totals(
         edge = steps.filter(created_at__gte=edge_start, created_at__lt=edge_end)
         merge_into(totals, steps_totals(edge, group_by).items())
     return totals, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
-
-
-@dataclass(slots=True)
-class WindowTotals:
-    """Usage totals per group over one window, and what was read to compute them."""
-
-    groups: dict[tuple[Any, ...], RollupRow]
-    source: str
-
-
-# usage_window_totals group_by name -> step column (the usage report's names; see steps.reports.USAGE_GROUPS).
-WINDOW_GROUPS = {
-    "model": "model",
-    "model_handle": "model_handle",
-    "provider": "provider_name",
-    "agent": "agent_id",
-    "project": "project_id",
-    "run": "run_id",
-    "user": "user_id",
-    "conversation": "conversation_id",
-    "hour": "hour",
-    "day": "day",
-    "week": "week",
-}
-
-
-def usage_window_totals(
-    *,
-    organization: Organization,
-    start: datetime | None,
-    end: datetime | None,
-    filters: Mapping[str, Any] | None = None,
-    group_by: Sequence[str] = (),
-) -> WindowTotals:
-    """Usage totals of `organization`'s ended steps created in [start, end) and matching `filters`, per group.
-
-    For callers that evaluate a window of their own (monitors): `filters` are step filters as GET /v1/steps
-    takes them (`{"model": ["gpt-4o"], "user_id": "u-1"}`; a `start`/`end` in them is overridden by the
-    arguments), `group_by` names from WINDOW_GROUPS (at most one of hour/day/week). Invalid filters raise
-    ApplicationError (a 400 naming each field).
-
-    Each group's RollupRow holds exact counts (`counts["steps"]`, `counts["error_steps"]`, token sums), the exact
-    `cost_usd`, and latency/TTFT histograms: read percentiles with steps.histograms.percentiles_from_counts
-    (within one 26%-wide bucket of the exact value), or a report row with steps.reports.usage_measures. The
-    histograms are used whichever way the totals were read, so a percentile never changes with the source:
-    filters and groups the rollups carry read the rollups plus the ragged edges (`source` "rollup" or
-    "rollup+steps"); any other filter or group, or a window holding no whole hour, reads the steps ("steps").
-    """
-    unknown = [name for name in group_by if name not in WINDOW_GROUPS]
-    if unknown:
-        raise ValueError(f"not a usage group: {', '.join(unknown)}")
-    params = {k: v for k, v in (filters or {}).items() if k not in ("start", "end")}
-    params.update({k: v for k, v in (("start", start), ("end", end)) if v is not None})
-    filterset = step_filterset(organization=organization, params=params)
-    columns = [WINDOW_GROUPS[name] for name in group_by]
-    active = filterset.active_filters()
-    if active <= {*ROLLUP_FILTERS, "start", "end"} and all(c in ROLLUP_COLUMNS or c in TIME_UNITS for c in columns):
-        cleaned = filterset.form.cleaned_data
-        rollup_filters = {name: cleaned[name] for name in active if name in ROLLUP_FILTERS}
-        answer = rollup_window_totals(
-            organization=organization, steps=filterset.qs, start=cleaned.get("start"), end=cleaned.get("end"),
-            filters=rollup_filters, group_by=columns,
-        )  # fmt: skip
-        if answer is not None:
-            return WindowTotals(groups=answer[0], source=answer[1])
-    return WindowTotals(groups=steps_totals(filterset.qs, columns), source=SOURCE_STEPS)

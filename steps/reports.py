@@ -40,6 +40,7 @@ from steps.report_windows import (
     SOURCE_STEPS,
     WindowSplit,
     rollup_window_totals,
+    steps_totals,
     window_split,
 )
 from steps.rollups import (
@@ -273,6 +274,55 @@ def usage_measures(totals: RollupRow) -> dict[str, Any]:
         cost=totals.cost_usd, latency=percentiles_from_counts(totals.latency, _FRACTIONS),
         ttft=percentiles_from_counts(totals.ttft, _FRACTIONS),
     )  # fmt: skip
+
+
+@dataclass(slots=True)
+class WindowTotals:
+    """Usage totals per group over one window, and what was read to compute them."""
+
+    groups: dict[tuple[Any, ...], RollupRow]
+    source: str
+
+
+def usage_window_totals(
+    *,
+    organization: Organization,
+    start: datetime | None,
+    end: datetime | None,
+    filters: Mapping[str, Any] | None = None,
+    group_by: Sequence[str] = (),
+) -> WindowTotals:
+    """Usage totals of `organization`'s ended steps created in [start, end) and matching `filters`, per group.
+
+    For callers that evaluate windows of their own (monitors). `filters` are step filters as GET /v1/steps takes
+    them (`{"model": ["gpt-4o"], "user_id": "u-1"}`); a `start` or `end` among them is ignored: the arguments are
+    the window (None: unbounded). `group_by` takes the usage report's names (USAGE_GROUPS). Invalid filters or
+    groups raise ApplicationError (a 400 naming each field).
+
+    `groups` maps each group's key (its values in `group_by` order; None for no value, times as UTC datetimes) to
+    a RollupRow: exact counts (`counts["steps"]`, `counts["error_steps"]`, token sums), the exact `cost_usd`, and
+    latency and TTFT histograms. Read percentiles with steps.histograms.percentiles_from_counts (each within one
+    26%-wide bucket of the exact value), or a usage report row with usage_measures. The histograms are used
+    whichever way the totals were read, so a percentile does not change with the source: filters and groups the
+    rollups carry read the rollups plus the ragged edges' steps (`source` "rollup" or "rollup+steps"); any other
+    filter or group, or a window holding no whole hour, reads the window's steps ("steps"). A window without
+    steps has no groups.
+    """
+    group_by = parse_group_by(group_by, allowed=USAGE_GROUPS)
+    params = {k: v for k, v in (filters or {}).items() if k not in ("start", "end")}
+    params.update({k: v for k, v in (("start", start), ("end", end)) if v is not None})
+    filterset = step_filterset(organization=organization, params=params)
+    columns = [USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
+    rollup_filters = _rollup_filters(filterset) if set(group_by) <= ROLLUP_GROUPS else None
+    if rollup_filters is not None:
+        cleaned = filterset.form.cleaned_data
+        answer = rollup_window_totals(
+            organization=organization, steps=filterset.qs, start=cleaned.get("start"), end=cleaned.get("end"),
+            filters=rollup_filters, group_by=columns,
+        )  # fmt: skip
+        if answer is not None:
+            return WindowTotals(groups=answer[0], source=answer[1])
+    return WindowTotals(groups=steps_totals(filterset.qs, columns), source=SOURCE_STEPS)
 
 
 def _grouped(queryset: QuerySet, group_by: list[str]) -> tuple[QuerySet, list[str]]:

@@ -401,7 +401,8 @@ def test_usage_limit_keeps_the_first_groups_either_way(api_client, minute_steps)
 def test_usage_window_totals_for_monitors_equal_the_steps_summed_as_the_rollups_sum_them(
     organization, minute_steps, start, end, source
 ):
-    from steps.report_windows import steps_totals, usage_window_totals
+    from steps.report_windows import steps_totals
+    from steps.reports import usage_window_totals
 
     moments = {k: datetime.fromisoformat(v) for k, v in _window_params(start, end).items()}
     window = Step.objects.filter(organization=organization, created_at__gte=moments["start"],
@@ -422,7 +423,7 @@ def test_usage_window_totals_for_monitors_equal_the_steps_summed_as_the_rollups_
 
 
 def test_usage_window_totals_take_any_step_filter(organization, minute_steps):
-    from steps.report_windows import usage_window_totals
+    from steps.reports import usage_window_totals
 
     start, end = datetime(2026, 2, 1, 3, 17, tzinfo=UTC), datetime(2026, 2, 3, 21, 5, tzinfo=UTC)
     totals = usage_window_totals(
@@ -431,8 +432,9 @@ def test_usage_window_totals_take_any_step_filter(organization, minute_steps):
     vip = [s for s in _window_steps(organization, start.isoformat(), end.isoformat()) if "vip" in s.tags]
     assert totals.source == "steps"
     assert totals.groups[()].counts["steps"] == len(vip) > 0
-    with pytest.raises(ApplicationError):
-        usage_window_totals(organization=organization, start=start, end=end, filters={"status": "bogus"})
+    for bad in ({"filters": {"status": "bogus"}}, {"group_by": ["colour"]}):
+        with pytest.raises(ApplicationError):
+            usage_window_totals(organization=organization, start=start, end=end, **bad)
 
 
 def test_dashboard_on_a_ragged_period_adds_up_like_a_scan(organization, minute_steps):
