@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from config.telemetry import Telemetry, current_telemetry
+
 logger = logging.getLogger(__name__)
 
 METER_NAME = "steplens"
@@ -96,11 +98,10 @@ _job_rows = Counter(
 
 
 class _Otel:
-    """The OpenTelemetry instruments, made on first use from the global meter (a proxy until a MeterProvider is
-    installed, which then receives everything recorded)."""
+    """The OpenTelemetry instruments, made from the meter provider of the installed Telemetry (config.telemetry;
+    the global one, a no-op until OTEL_* configured an exporter) and made again when another is installed."""
 
-    def __init__(self) -> None:
-        meter = otel_metrics.get_meter(METER_NAME)
+    def __init__(self, meter: otel_metrics.Meter) -> None:
         self.http_duration = meter.create_histogram(
             "http.server.request.duration",
             unit="s",
@@ -136,14 +137,15 @@ class _Otel:
         )
 
 
-_otel: _Otel | None = None
+_otel: tuple[Telemetry, _Otel] | None = None
 
 
 def _instruments() -> _Otel:
     global _otel
-    if _otel is None:
-        _otel = _Otel()
-    return _otel
+    telemetry = current_telemetry()
+    if _otel is None or _otel[0] is not telemetry:
+        _otel = (telemetry, _Otel(otel_metrics.get_meter(METER_NAME, meter_provider=telemetry.meter_provider)))
+    return _otel[1]
 
 
 # --- recording: each function is safe to call from any process and costs a few microseconds ---------------------

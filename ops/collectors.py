@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import connections
@@ -149,23 +150,26 @@ def _cached_snapshot() -> StateSnapshot | None:
             logger.warning("OTLP metrics: the state could not be read (%s)", type(exc).__name__)
             snapshot = None
         finally:
-            connections.close_all()
+            for connection in connections.all(initialized_only=True):
+                if not connection.in_atomic_block:  # a caller's transaction (a test) is left alone
+                    connection.close()
         _snapshot = (time.monotonic(), snapshot)
         return snapshot
 
 
-def otel_gauges_register() -> None:
+def otel_gauges_register(*, meter_provider: Any = None) -> None:
     """Observable gauges for the state, on the global meter (exported when OTEL_* configured a meter provider;
-    never read otherwise). Off with STEPLENS_OTEL_STATE_METRICS=false, e.g. on all but one host: every process
-    that exports reads the state once per export interval."""
+    never read otherwise) or on `meter_provider`. Off with STEPLENS_OTEL_STATE_METRICS=false, e.g. on all but one
+    host: every process that exports reads the state once per export interval."""
     global _registered
-    if _registered or not settings.STEPLENS_OTEL_STATE_METRICS:
-        return
-    _registered = True
+    if meter_provider is None:
+        if _registered or not settings.STEPLENS_OTEL_STATE_METRICS:
+            return
+        _registered = True
     from opentelemetry import metrics
     from opentelemetry.metrics import CallbackOptions, Observation
 
-    meter = metrics.get_meter("steplens.state")
+    meter = metrics.get_meter("steplens.state", meter_provider=meter_provider)
 
     def observe(read):
         def callback(options: CallbackOptions) -> Iterable[Observation]:
