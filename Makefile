@@ -23,6 +23,7 @@ migrate: $(STAMP)
 demo: $(STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py migrate --noinput
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py seed_demo
+	test -f .demo-credentials || DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py seed_steps --organization demo-second --count 300 --days 7
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py demo_setup --base-url http://$(HOST):$(PORT)
 	DJANGO_SETTINGS_MODULE=config.settings.local $(PY) manage.py runserver $(HOST):$(PORT)
 

@@ -1,5 +1,6 @@
 """Settings shared by every environment; everything that varies comes from the environment."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -24,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",  # failed sign-ins throttled per account and per IP (AXES_* below)
     "rest_framework",
     "django_filters",
     "drf_spectacular",
@@ -54,6 +56,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.RequestIdMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -99,7 +102,10 @@ STEPLENS_REPLICA_PIN_SECONDS = env.int("STEPLENS_REPLICA_PIN_SECONDS", default=1
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -127,7 +133,19 @@ STEPLENS_DB_RETRY_AFTER_SECONDS = env.int("STEPLENS_DB_RETRY_AFTER_SECONDS", def
 # Largest JSON request body of the API (413 above it): a body is parsed whole, in memory (OTLP has its own limit).
 STEPLENS_API_MAX_BODY_BYTES = env.int("STEPLENS_API_MAX_BODY_BYTES", default=16 * 1024 * 1024)
 # People: Django's own accounts, plus permissions from organization roles (accounts.backends).
-AUTHENTICATION_BACKENDS = ["django.contrib.auth.backends.ModelBackend", "accounts.backends.MembershipBackend"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out account or address before any password check
+    "django.contrib.auth.backends.ModelBackend",
+    "accounts.backends.MembershipBackend",
+]
+# Sign-in throttling (django-axes): after this many failures an account, and separately an address, is locked out
+# for the cool-off; a success resets the account's count.
+AXES_FAILURE_LIMIT = env.int("STEPLENS_SIGNIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("STEPLENS_SIGNIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "admin/steplens/locked.html"
+AXES_VERBOSE = False  # no banner on every start; lockouts are still logged as warnings
 # Teams (accounts/): how long an invitation link works, and the audit rows one /v1/audit page returns at most.
 STEPLENS_INVITATION_TTL_HOURS = env.int("STEPLENS_INVITATION_TTL_HOURS", default=72)
 STEPLENS_AUDIT_PAGE_MAX = env.int("STEPLENS_AUDIT_PAGE_MAX", default=500)

@@ -34,6 +34,12 @@ https_only = env.bool("DJANGO_HTTPS", default=True)
 SECURE_SSL_REDIRECT = https_only
 SESSION_COOKIE_SECURE = https_only
 CSRF_COOKIE_SECURE = https_only
+# Neither cookie is readable by page scripts (the admin posts the CSRF token from its forms) nor sent on
+# cross-site requests other than top-level navigations.
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
 # Load balancers and Kubernetes probe over plain HTTP inside the network: the probes and the scrape answer there
 # instead of redirecting (README, "Operating Steplens").
 SECURE_REDIRECT_EXEMPT = [r"^(?:healthz|readyz|metrics)$"]

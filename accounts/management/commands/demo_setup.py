@@ -1,4 +1,5 @@
-"""`manage.py demo_setup`: the admin user and API key `make demo` prints (idempotent)."""
+"""`manage.py demo_setup`: the admin user, a viewer of a second organization and the API key `make demo` prints
+(idempotent): the superuser sees every organization, the viewer only theirs, so the scoping is visible."""
 
 import secrets
 from pathlib import Path
@@ -7,10 +8,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
 
+from accounts.models import Role
 from accounts.selectors import api_key_authenticate
-from accounts.services import api_key_create, organization_get_or_create
+from accounts.services import api_key_create, membership_set, organization_get_or_create, user_get_or_create
 
 DEMO_ORGANIZATION = "demo"
+SECOND_ORGANIZATION = "demo-second"
+VIEWER = "viewer"
 
 
 class Command(BaseCommand):
@@ -46,18 +50,28 @@ class Command(BaseCommand):
             user.save()
 
         organization = organization_get_or_create(name=DEMO_ORGANIZATION)
+        second = organization_get_or_create(name=SECOND_ORGANIZATION)
+        viewer_password = remembered.get("viewer_password")
+        viewer = user_model.objects.filter(username=VIEWER).first()
+        if viewer is None or viewer_password is None or not viewer.check_password(viewer_password):
+            viewer_password = secrets.token_urlsafe(12)
+            viewer, _ = user_get_or_create(username=VIEWER, password=viewer_password)
+        membership_set(organization=second, user=viewer, role=Role.VIEWER)
         api_key = remembered.get("api_key")
 
         if not api_key or api_key_authenticate(raw_key=api_key) is None:
             _, api_key = api_key_create(organization=organization, name="demo")
-        path.write_text(f"username={username}\npassword={password}\napi_key={api_key}\n")
+        path.write_text(
+            f"username={username}\npassword={password}\napi_key={api_key}\nviewer_password={viewer_password}\n"
+        )
         path.chmod(0o600)
 
         self.stdout.write("")
         self.stdout.write("Steplens demo")
         self.stdout.write(f"  admin:    {base_url}/admin/")
         self.stdout.write(f"  username: {username}")
-        self.stdout.write(f"  password: {password}")
+        self.stdout.write(f"  password: {password}   (superuser: every organization)")
+        self.stdout.write(f"  viewer:   {VIEWER} / {viewer_password}   (viewer of '{SECOND_ORGANIZATION}' only)")
         self.stdout.write(f"  API key:  {api_key}   (organization '{DEMO_ORGANIZATION}')")
         self.stdout.write(f"  try:      curl -H 'Authorization: Bearer {api_key}' {base_url}/v1/steps")
         self.stdout.write("")
