@@ -25,7 +25,6 @@ from typing import Any
 
 from django.db import connections
 from django.db.models import Aggregate, Count, F, FloatField, Max, Min, Q, QuerySet, Sum
-from django.db.models.functions import TruncDay, TruncHour, TruncWeek
 from django.http import QueryDict
 
 from accounts.models import Organization
@@ -38,6 +37,7 @@ from steps.report_windows import (
     SOURCE_ROLLUP,
     SOURCE_ROLLUP_AND_STEPS,
     SOURCE_STEPS,
+    TIME_UNITS,
     WindowSplit,
     rollup_window_totals,
     steps_totals,
@@ -56,7 +56,6 @@ from steps.rollups import (
     rollup_step_counts,
 )
 
-TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
 # group_by name -> step column (time units are truncations of created_at).
 USAGE_GROUPS = {
     "model": "model",
