@@ -30,12 +30,12 @@ from django.http import Http404, HttpRequest, HttpResponse
 
 from accounts.audit import actor_from_request
 from accounts.backends import cached_user_roles
+from accounts.middleware import SESSION_ORGANIZATION
 from accounts.models import Organization, Project
 from accounts.roles import MEMBER_APPS, Capability, role_allows
 from accounts.selectors import organization_list_for
 from accounts.services import audit_record
 
-SESSION_ORGANIZATION = "steplens_organization"
 _REQUEST_CACHE = "_steplens_console_scope"
 
 

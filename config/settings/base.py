@@ -57,6 +57,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.RequestIdMiddleware",
     "axes.middleware.AxesMiddleware",
+    "accounts.middleware.AuditDeniedMiddleware",  # refused console requests go to the audit log
 ]
 
 ROOT_URLCONF = "config.urls"

@@ -470,3 +470,16 @@ def test_console_deletions_and_changes_are_audited(teams):
     # A viewer cannot delete at all.
     other = teams.a[type(teams.a[Step].run)]
     assert client_for(teams, "viewer").post(reverse("admin:agents_run_delete", args=[other.pk])).status_code == 403
+
+
+def test_a_refused_attempt_is_in_the_audit_log(teams):
+    viewer = client_for(teams, "viewer")
+    response = viewer.post(reverse("admin:steps_step_feedback", args=[teams.a[Step].pk]), {"feedback": "positive"})
+    assert response.status_code == 403
+    assert viewer.get(reverse("admin:accounts_apikey_add")).status_code == 403
+    denied = list(AuditEvent.objects.filter(action="console.denied", organization=teams.a.organization).order_by("id"))
+    assert [e.after["path"] for e in denied] == [
+        reverse("admin:steps_step_feedback", args=[teams.a[Step].pk]),
+        reverse("admin:accounts_apikey_add"),
+    ]
+    assert all(e.actor == "viewer" and e.after["role"] == "viewer" for e in denied)
