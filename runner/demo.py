@@ -23,9 +23,8 @@ from agents.services import agent_create, agent_update
 from runner.loop import run_cancel, run_execute
 from runner.providers import ErrorSpec, Scenario, Turn, TurnUsage, register_scenario, tool_for_question, tool_turns
 from runner.services import run_decide_approval, run_start
-from steps.models import Message, Step, StepMetrics
+from steps.models import Message, ProviderTrace, Step, StepMetrics
 from steps.rollups import step_rollups_rebuild
-from traces.models import ProviderTrace
 
 DEMO_TAG = "demo"
 

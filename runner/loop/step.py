@@ -24,10 +24,10 @@ from runner.providers import (
     StreamChunk,
 )
 from steps.models import Message, Step, StepProgression
+from steps.provider_traces import ProviderTraceIn
 from steps.services import StepMetricsIn, step_cancel, step_fail, step_finish, step_progress, step_start
 from steps.values import MessageIn, Usage
 from traces import otel as telemetry
-from traces.services import ProviderTraceIn
 
 
 @dataclass

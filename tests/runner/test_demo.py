@@ -6,8 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from agents.models import Run, RunStatus, StopReason
-from steps.models import Step, StepStatus
-from traces.models import ProviderTrace
+from steps.models import ProviderTrace, Step, StepStatus
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,8 +12,7 @@ from config.errors import ApplicationError
 from runner.loop import run_cancel, run_execute
 from runner.providers import ErrorSpec, ToolCallSpec, Turn, TurnUsage
 from runner.services import run_decide_approval, run_start
-from steps.models import Message, Step, StepMetrics, StepProgression, StepStatus
-from traces.models import ProviderTrace
+from steps.models import Message, ProviderTrace, Step, StepMetrics, StepProgression, StepStatus
 
 pytestmark = pytest.mark.django_db
 
