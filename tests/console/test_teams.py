@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Role
 from accounts.roles import MEMBER_APPS
+from accounts.services import api_key_create
 from steps.models import Step
 from steps.reports import usage_report
 from tests.console.teams import PASSWORD, build_teams
@@ -218,9 +219,19 @@ def test_a_member_signs_in_at_the_admin_login_and_sees_their_organizations_total
     assert teams.a[Step].pk in html and teams.b[Step].pk not in html
     dashboard = client.get(reverse("admin:dashboard"), {"period": "7d"})
     overall = dashboard.context["overall"]
-    api = usage_report(organization=teams.a.organization, filters=dashboard.context["period"].params()).rows[0]
+    # The API's totals for A (a key of A, the same window) are the dashboard's.
+    _, raw_key = api_key_create(organization=teams.a.organization, scope="read")
+    api_client = APIClient()
+    api_client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
+    api = api_client.get("/v1/usage", dashboard.context["period"].params()).json()["data"][0]
     assert overall["steps"] == api["steps"] == 1
     assert overall["total_tokens"] == api["total_tokens"] == 120
+    assert (
+        overall == usage_report(organization=teams.a.organization, filters=dashboard.context["period"].params()).rows[0]
+    )
+    errors_page = client.get(reverse("admin:errors"), {"period": "7d"}).context["page"]
+    api_errors = api_client.get("/v1/errors", dashboard.context["period"].params()).json()
+    assert errors_page.total_steps == 1 and errors_page.total_errors == sum(r["errors"] for r in api_errors["data"])
     # The switcher shows A only, and B cannot be chosen.
     assert "alpha" in dashboard.content.decode() and "bravo" not in dashboard.content.decode()
     assert AuditEvent.objects.filter(action="auth.sign_in", actor="viewer", organization=teams.a.organization).exists()
