@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.postgres.aggregates import ArrayAgg
 from django.db import connections
 from django.db.models import Count, F, Func, IntegerField, Q, QuerySet, Sum
 from django.db.models.expressions import RawSQL
@@ -85,32 +86,34 @@ def steps_totals(queryset: QuerySet, group_by: Sequence[str]) -> dict[tuple[Any,
     TTFT histograms).
 
     `group_by` holds step columns and at most one of hour/day/week (the truncated created_at, in UTC); keys are
-    report_key tuples in `group_by` order. The database groups by key and histogram bucket, so the rows read are
-    at most the steps, and in practice far fewer.
+    report_key tuples in `group_by` order.
     """
     queryset = queryset.exclude(status=StepStatus.PENDING)
     postgres = connections[queryset.db].vendor == "postgresql"
     annotations: dict[str, Any] = {g: TIME_UNITS[g]("created_at", tzinfo=UTC) for g in group_by if g in TIME_UNITS}
+    sums: dict[str, Any] = {
+        "n_steps": Count("pk"),
+        "n_errors": Count("pk", filter=Q(status=StepStatus.FAILED)),
+        "sum_cost_usd": Sum("cost_usd"),
+        **{f"sum_{name}": Sum(name) for name in _TOKEN_COLUMNS},
+    }
     if postgres:
-        annotations["latency_bucket"] = _WidthBucket("latency_ns")
-        annotations["ttft_bucket"] = _WidthBucket("ttft_ns")
-    else:  # SQLite has no width_bucket: group by the values and bucket them here (the embedded data is small)
-        annotations["latency_bucket"] = F("latency_ns")
-        annotations["ttft_bucket"] = F("ttft_ns")
-    grouped = (
-        queryset.annotate(**annotations)
-        .values(*group_by, "latency_bucket", "ttft_bucket")
-        .annotate(
-            n_steps=Count("pk"),
-            n_errors=Count("pk", filter=Q(status=StepStatus.FAILED)),
-            sum_cost_usd=Sum("cost_usd"),
-            **{f"sum_{name}": Sum(name) for name in _TOKEN_COLUMNS},
+        # One row per group, its steps' histogram buckets in two arrays: far fewer rows (each converted in Python)
+        # than grouping by the buckets too.
+        sums["latency_buckets"] = ArrayAgg(_WidthBucket("latency_ns"), filter=Q(latency_ns__isnull=False))
+        sums["ttft_buckets"] = ArrayAgg(_WidthBucket("ttft_ns"), filter=Q(ttft_ns__isnull=False))
+        grouped = queryset.annotate(**annotations).values(*group_by).annotate(**sums).order_by()
+    else:  # SQLite has no width_bucket nor arrays: group by the values too and bucket them here (its data is small)
+        annotations.update(latency_value=F("latency_ns"), ttft_value=F("ttft_ns"))
+        grouped = (
+            queryset.annotate(**annotations)
+            .values(*group_by, "latency_value", "ttft_value")
+            .annotate(**sums)
+            .order_by()
         )
-        .order_by()
-    )
     result: dict[tuple[Any, ...], RollupRow] = {}
     # A plain fetch, not .iterator(): on PostgreSQL that is a server-side cursor, several round trips for the few
-    # hundred rows an edge has (bounded by its steps).
+    # rows an edge has.
     for row in grouped:
         key = report_key([row[g] for g in group_by])
         totals = result.get(key)
@@ -124,9 +127,17 @@ def steps_totals(queryset: QuerySet, group_by: Sequence[str]) -> dict[tuple[Any,
         for name in _TOKEN_COLUMNS:
             totals.counts[name] += row[f"sum_{name}"] or 0
         totals.cost_usd += Decimal(row["sum_cost_usd"] or 0)
-        for histogram, value in ((totals.latency, row["latency_bucket"]), (totals.ttft, row["ttft_bucket"])):
-            if value is not None:
-                histogram[value if postgres else bucket_of(value)] += n  # type: ignore[index]
+        latency, ttft = totals.latency, totals.ttft
+        if postgres:
+            for bucket in row["latency_buckets"] or ():
+                latency[bucket] += 1  # type: ignore[index]
+            for bucket in row["ttft_buckets"] or ():
+                ttft[bucket] += 1  # type: ignore[index]
+            continue
+        if row["latency_value"] is not None:
+            latency[bucket_of(row["latency_value"])] += n  # type: ignore[index]
+        if row["ttft_value"] is not None:
+            ttft[bucket_of(row["ttft_value"])] += n  # type: ignore[index]
     return result
 
 
