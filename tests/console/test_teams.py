@@ -63,30 +63,43 @@ def _object_url(model_admin, route: str, obj) -> str:
     return base + route.replace("<path:object_id>", quote(admin_quote(str(obj.pk))))
 
 
-def test_every_console_url_with_another_organizations_object_answers_404(teams):
+@pytest.mark.parametrize("role", ["owner", "admin", "member", "viewer"])
+def test_every_console_url_with_another_organizations_object_answers_404(teams, role):
     """Every object URL of every registered model admin (enumerated, so new pages are covered), GET and POST,
-    for a viewer and for the owner of organization A, with organization B's object."""
+    for each role of organization A, with organization B's object."""
     missing = []
     checked = 0
-    for role in ("viewer", "owner"):
-        client = client_for(teams, role)
-        for model, model_admin in admin.site._registry.items():
-            if model._meta.app_label not in MEMBER_APPS:
-                continue
-            obj = teams.b.objects.get(model)
-            if obj is None:
-                missing.append(model._meta.label)
-                continue
-            for route, _name in _object_urls(model_admin):
-                url = _object_url(model_admin, route, obj)
-                get = client.get(url, follow=True)
-                # The admin's bare `<id>/` URL redirects to `<id>/change/` for any id: followed, it is a 404 too.
-                post = client.post(url, {"feedback": "positive", "post": "yes", "role": "owner"}, follow=True)
-                assert post.status_code == 404, (role, url, post.status_code)
-                assert get.status_code in (404, 405), (role, url, get.status_code)
-                checked += 1
+    client = client_for(teams, role)
+    for model, model_admin in admin.site._registry.items():
+        if model._meta.app_label not in MEMBER_APPS:
+            continue
+        obj = teams.b.objects.get(model)
+        if obj is None:
+            missing.append(model._meta.label)
+            continue
+        for route, _name in _object_urls(model_admin):
+            url = _object_url(model_admin, route, obj)
+            get = client.get(url, follow=True)
+            # The admin's bare `<id>/` URL redirects to `<id>/change/` for any id: followed, it is a 404 too.
+            post = client.post(url, {"feedback": "positive", "post": "yes", "role": "owner"}, follow=True)
+            assert post.status_code == 404, (role, url, post.status_code)
+            assert get.status_code in (404, 405), (role, url, get.status_code)
+            checked += 1
     assert not missing, f"add an object of organization B for {sorted(set(missing))} to tests/console/teams.py"
     assert checked > 20
+
+
+def test_every_console_url_sends_an_anonymous_visitor_to_the_login(teams):
+    client = Client()
+    for model, model_admin in admin.site._registry.items():
+        opts = model._meta
+        urls = [reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")]
+        obj = teams.a.objects.get(model)
+        if obj is not None:
+            urls += [_object_url(model_admin, route, obj) for route, _ in _object_urls(model_admin)]
+        for url in urls:
+            response = client.get(url)
+            assert response.status_code == 302 and "/admin/login/" in response["Location"], url
 
 
 def test_every_list_and_site_page_shows_nothing_of_another_organization(teams):
