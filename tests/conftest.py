@@ -8,6 +8,7 @@ from urllib.parse import urlparse
 
 import pytest
 from django.conf import settings
+from pytest_django.plugin import validate_django_db
 from rest_framework.test import APIClient
 
 from accounts.services import api_key_create
@@ -48,6 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres" in item.fixturenames:
             item.add_marker(pytest.mark.postgres)
+        _allow_replica_mirror(item)
     if not SQLITE_PASS:
         return
     kept = [item for item in items if item.get_closest_marker("postgres") is None]
@@ -55,6 +57,31 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
+
+_DB_FIXTURES = {"db", "transactional_db", "live_server", "django_db_reset_sequences", "django_db_serialized_rollback"}
+
+
+def _allow_replica_mirror(item: pytest.Item) -> None:
+    """With DATABASE_REPLICA_URL the runner makes `replica` a mirror of the test database (config.db_router); a
+    test that uses the database may use that alias too, as the router sends it reads outside transactions."""
+    if "replica" not in settings.DATABASES:
+        return
+    marker = item.get_closest_marker("django_db")
+    if marker is None and not _DB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return
+    transaction, reset_sequences, databases, serialized_rollback, available_apps = (
+        validate_django_db(marker) if marker else (False, False, None, False, None)
+    )
+    if databases != "__all__":
+        databases = sorted({*(databases or ["default"]), "replica"})
+    item.add_marker(
+        pytest.mark.django_db(
+            transaction=transaction, reset_sequences=reset_sequences, databases=databases,
+            serialized_rollback=serialized_rollback, available_apps=available_apps,
+        ),
+        append=False,
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -280,28 +280,20 @@ def test_without_a_replica_the_middleware_changes_nothing(monkeypatch):
 def mirror(settings) -> Iterator[None]:
     """`replica` as a second connection to the test database, with the router installed.
 
-    The test case was set up before this alias existed (or, when this run has DATABASE_REPLICA_URL, without it among
-    its databases): its guard against other aliases is lifted for this connection, which is opened here.
+    With DATABASE_REPLICA_URL the runner made that mirror already (and tests/conftest.py lets every database test use
+    it). Otherwise it is added here, after the test case was set up: its guard against aliases it was not given
+    stops only connections it has to open, so this one is opened here.
     """
     added = REPLICA not in connections.settings
     if added:
         connections.settings[REPLICA] = {**connections[PRIMARY].settings_dict, "TEST": {"MIRROR": PRIMARY}}
-    replica = connections[REPLICA]
-    guarded = {}
-    for name in ("connect", "temporary_connection", "cursor", "chunked_cursor"):
-        method = replica.__dict__.get(name)
-        if method is not None and hasattr(method, "wrapped"):
-            guarded[name] = method
-            setattr(replica, name, method.wrapped)
-    replica.connect()
+        connections[REPLICA].connect()
     settings.DATABASE_ROUTERS = [ROUTER]
     try:
         yield
     finally:
-        replica.close()
-        for name, method in guarded.items():
-            setattr(replica, name, method)
         if added:
+            connections[REPLICA].close()
             del connections[REPLICA]
             del connections.settings[REPLICA]
 
