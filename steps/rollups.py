@@ -11,6 +11,7 @@ that ended through the write path). Latency and TTFT percentiles come from log-s
 Rollups are keyed by the step's created_at, so a step lands in the hour it started.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,7 +68,8 @@ def day_of(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _dimensions(step: Step) -> dict[str, str]:
+def step_dimensions(step: Step) -> dict[str, str]:
+    """The rollup dimensions of a step ('' for none)."""
     return {
         "project_id": step.project_id or "",
         "agent_id": step.agent_id or "",
@@ -77,7 +79,8 @@ def _dimensions(step: Step) -> dict[str, str]:
     }
 
 
-def _measures(step: Step) -> dict[str, Any]:
+def step_measures(step: Step) -> dict[str, Any]:
+    """What one ended step adds to its usage rollup row (MEASURE_COLUMNS)."""
     values: dict[str, Any] = dict.fromkeys(MEASURE_COLUMNS, 0)
     values["steps"] = 1
     values["error_steps"] = int(step.status == StepStatus.FAILED)
@@ -103,6 +106,34 @@ def _upsert_sql(model: type[StepRollupHour | StepRollupDay]) -> tuple[str, list[
         f"ON CONFLICT ({', '.join(qn(k) for k in keys)}) DO UPDATE SET {updates}"
     )
     return sql, columns
+
+
+def _zero_measures() -> dict[str, Any]:
+    zero: dict[str, Any] = dict.fromkeys(MEASURE_COLUMNS, 0)
+    zero["cost_usd"] = Decimal(0)
+    return zero
+
+
+def usage_rows(steps: Iterable[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
+    """The usage rollup deltas of ended `steps` (pending ones add nothing): one row per key (organization, bucket,
+    dimensions) with the steps' measures summed, in key order.
+
+    The one rule for both write paths and the rebuild; the fixed order keeps concurrent writers from deadlocking
+    on the rows."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for step in steps:
+        if step.status == StepStatus.PENDING:
+            continue
+        dims = step_dimensions(step)
+        bucket = bucket_of_step(step.created_at)
+        key = (step.organization_id, bucket, *(dims[d] for d in ROLLUP_DIMENSIONS))
+        row = rows.get(key)
+        if row is None:
+            row = rows[key] = {"organization_id": step.organization_id, "bucket": bucket, **dims, **_zero_measures()}
+        for name, value in step_measures(step).items():
+            if value:
+                row[name] += value
+    return [rows[key] for key in sorted(rows, key=lambda k: tuple(str(part) for part in k))]
 
 
 ERROR_MEASURES = ("count", "first_seen", "last_seen", "example_step_id")
@@ -152,7 +183,7 @@ def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any
     for step in steps:
         if not step_is_error(step):
             continue
-        dims = _dimensions(step)
+        dims = step_dimensions(step)
         bucket = bucket_of_step(step.created_at)
         key = (step.organization_id, bucket, step.error_type, *(dims[d] for d in ROLLUP_DIMENSIONS))
         row = rows.get(key)
@@ -169,34 +200,90 @@ def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any
     return [rows[key] for key in sorted(rows, key=lambda k: tuple(str(part) for part in k))]
 
 
-def step_rollup_add(*, step: Step) -> None:
-    """Add an ended step to its hour and day rollup rows, and a failed one to the errors rollups
-    (call once, when the step ends)."""
-    if step.status == StepStatus.PENDING:
-        return
+# What each rollup table gets from ended steps: the table, its bucket, its rows (the deltas) and its upsert.
+_DELTAS = (
+    (StepRollupHour, hour_of, usage_rows, _upsert_sql),
+    (StepRollupDay, day_of, usage_rows, _upsert_sql),
+    (ErrorRollupHour, hour_of, error_rows, error_upsert_sql),
+    (ErrorRollupDay, day_of, error_rows, error_upsert_sql),
+)
+
+
+def _adapted(model: type, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` with its datetimes and decimals in the database's form (what a raw cursor needs on SQLite)."""
     ops = connection.ops
-    values = {**_dimensions(step), **_measures(step), "organization_id": step.organization_id}
-    values["cost_usd"] = ops.adapt_decimalfield_value(values["cost_usd"], 24, 10)
+    out = dict(row)
+    for name, value in row.items():
+        if isinstance(value, datetime):
+            out[name] = ops.adapt_datetimefield_value(value)
+        elif isinstance(value, Decimal):
+            field = model._meta.get_field(name)
+            out[name] = ops.adapt_decimalfield_value(value, field.max_digits, field.decimal_places)
+    return out
+
+
+def step_rollup_add(*, step: Step) -> None:
+    """Add an ended step to its rollup rows: usage per hour and day, and a failed one to the errors rollups
+    (call once, when the step ends). One round trip on PostgreSQL: this runs once per step on the hot path."""
     statements = []
-    for model, bucket in ((StepRollupHour, hour_of(step.created_at)), (StepRollupDay, day_of(step.created_at))):
-        sql, columns = _upsert_sql(model)
-        row = {**values, "bucket": ops.adapt_datetimefield_value(bucket)}
-        statements.append((sql, [row[c] for c in columns]))
-    for model, bucket_of_step in ((ErrorRollupHour, hour_of), (ErrorRollupDay, day_of)) if step_is_error(step) else ():
-        sql, columns = error_upsert_sql(model)
-        for row in error_rows([step], bucket_of_step):
-            adapted = {k: ops.adapt_datetimefield_value(v) if isinstance(v, datetime) else v for k, v in row.items()}
-            statements.append((sql, [adapted[c] for c in columns]))
+    for model, bucket_of_step, rows_of, upsert_sql in _DELTAS:
+        rows = rows_of([step], bucket_of_step)
+        if rows:
+            sql, columns = upsert_sql(model)
+            statements += [(sql, [_adapted(model, row)[c] for c in columns]) for row in rows]
+    if not statements:
+        return
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # Every upsert in one round trip (data-modifying CTEs): this runs once per step on the hot path.
+            # Every upsert in one statement (data-modifying CTEs).
             *first, (last_sql, last_params) = statements
             ctes = ", ".join(f"r{i} AS ({sql} RETURNING 1)" for i, (sql, _) in enumerate(first))
             params = [p for _, statement_params in first for p in statement_params]
-            cursor.execute(f"WITH {ctes} {last_sql}", [*params, *last_params])
+            cursor.execute(f"WITH {ctes} {last_sql}" if first else last_sql, [*params, *last_params])
         else:
             for sql, params in statements:
                 cursor.execute(sql, params)
+
+
+def steps_rollups_add(*, steps: Sequence[Step]) -> None:
+    """Add ended steps to their rollup rows (as step_rollup_add, for many): the same rows, summed per key first,
+    one multi-row upsert per table, in key order. Concurrent ingest transactions take the rows' locks in the
+    same order, so they do not deadlock."""
+    for model, bucket_of_step, rows_of, upsert_sql in _DELTAS:
+        rows = rows_of(steps, bucket_of_step)
+        if rows:
+            sql, columns = upsert_sql(model)
+            with connection.cursor() as cursor:
+                cursor.execute(*_multi_row_upsert(model, columns, sql, rows))
+
+
+def _multi_row_upsert(model: type, columns: list[str], sql: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+    """One upsert statement for all `rows` (distinct keys, in key order); on PostgreSQL the rows are passed as
+    one JSON parameter.
+
+    The statement text is the same for any number of rows, so neither the client nor the server parses a new
+    query per batch (the rows are ~110 columns each).
+    """
+    values_sql, _, conflict_sql = sql.partition(" ON CONFLICT ")
+    head = values_sql.partition(" VALUES ")[0]
+    if connection.vendor != "postgresql":
+        one = values_sql.partition(" VALUES ")[2]
+        params = [value for row in rows for value in (_adapted(model, row)[c] for c in columns)]
+        return f"{head} VALUES {', '.join([one] * len(rows))} ON CONFLICT {conflict_sql}", params
+    qn = connection.ops.quote_name
+    fields_by_column = {f.column: f for f in model._meta.concrete_fields}
+    record = ", ".join(f"{qn(c)} {fields_by_column[c].db_type(connection)}" for c in columns)
+    select = ", ".join(f"r.{qn(c)}" for c in columns)
+    document = [
+        {c: (row[c].isoformat() if isinstance(row[c], datetime) else str(row[c]) if isinstance(row[c], Decimal)
+             else row[c]) for c in columns}
+        for row in rows
+    ]  # fmt: skip
+    return (
+        f"{head} SELECT {select} FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({record})) "
+        f"WITH ORDINALITY AS r({', '.join(qn(c) for c in columns)}, ord) ORDER BY r.ord ON CONFLICT {conflict_sql}",
+        [json.dumps(document)],
+    )
 
 
 # --- rebuild ------------------------------------------------------------------------------------
@@ -337,8 +424,8 @@ def _rebuild_hours_python(*, organization: Organization, start: datetime | None,
         status=StepStatus.PENDING
     )
     for step in steps.iterator():
-        key = (hour_of(step.created_at), *_dimensions(step).values())
-        measures = _measures(step)
+        key = (hour_of(step.created_at), *step_dimensions(step).values())
+        measures = step_measures(step)
         row = rows.get(key)
         if row is None:
             rows[key] = measures

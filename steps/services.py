@@ -1,19 +1,19 @@
-"""The one write path for steps: start, progress, finish, fail, cancel; messages; feedback and tags.
+"""The one write path for steps: start, progress, finish, fail, cancel; bulk recording; messages; feedback and tags.
 
-The agent loop and the OTLP ingest both record through these functions. Each is atomic; finishing
-or failing a step twice (a retried task, a re-sent span) changes nothing the second time.
+The agent loop records step by step (step_start, then step_finish / step_fail), the OTLP ingest in bulk
+(steps_record_many). Both take every row's values from the same rules (steps.recording, steps.provider_traces,
+steps.rollups); only the I/O differs: one statement per row here, multi-row inserts or COPY there. Each call is
+atomic; finishing or failing a step twice (a retried task, a re-sent span) changes nothing the second time.
 """
 
 import json
-import traceback as traceback_module
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from django.db import IntegrityError, connection, models, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Max, Q, QuerySet, Value, When
 from django.db.models.base import ModelState
 from django.utils import timezone
@@ -23,11 +23,7 @@ from pydantic import ValidationError as PydanticValidationError
 from accounts.models import Organization, Project
 from agents.models import Agent, Run, RunStatus, StopReason
 from config.errors import ApplicationError, NotFound
-from steps.costs import step_cost
 from steps.models import (
-    ROLLUP_DIMENSIONS,
-    ErrorRollupDay,
-    ErrorRollupHour,
     Feedback,
     Message,
     ProviderTrace,
@@ -35,8 +31,6 @@ from steps.models import (
     StepMetrics,
     StepOrigin,
     StepProgression,
-    StepRollupDay,
-    StepRollupHour,
     StepStatus,
     new_message_id,
 )
@@ -47,22 +41,23 @@ from steps.provider_traces import (
     provider_trace_record,
     provider_traces_record_many,
 )
-from steps.rollups import step_rollup_add
+from steps.recording import (
+    METRIC_FIELDS,
+    StepMetricsIn,
+    error_data_from,
+    failure_values,
+    message_sequences,
+    message_values,
+    metrics_values,
+    reported_progression,
+    run_step_counts,
+    step_links,
+    success_values,
+)
+from steps.rollups import step_rollup_add, steps_rollups_add
 from steps.values import MessageIn, Usage, validate_message
 
 _FINAL = {StepStatus.SUCCESS, StepStatus.FAILED, StepStatus.CANCELLED}
-
-
-@dataclass(slots=True)
-class StepMetricsIn:
-    """Timings of a step in nanoseconds (epoch ns for the *_start_ns fields)."""
-
-    step_start_ns: int | None = None
-    llm_request_start_ns: int | None = None
-    llm_request_ns: int | None = None
-    ttft_ns: int | None = None
-    tool_execution_ns: int | None = None
-    step_ns: int | None = None
 
 
 class StepConflict(ApplicationError):
@@ -117,13 +112,12 @@ def step_start(
             if existing.organization_id != organization.pk:
                 raise StepConflict("Step id is already taken.", extra={"step_id": "is already taken"})
             return existing
-    if run is not None and agent is None:
-        agent = run.agent
+    links = step_links(
+        run=run, agent=agent, project=project, request_id=request_id, user_id=user_id, conversation_id=conversation_id
+    )
     step = Step(
         organization=organization,
-        agent=agent,
-        run=run,
-        project=project or (run.project if run else None) or (agent.project if agent else None),
+        **links,
         origin=origin,
         step_number=step_number,
         attempt=attempt,
@@ -134,18 +128,22 @@ def step_start(
         model_handle=model_handle,
         model_endpoint=model_endpoint,
         context_window_limit=context_window_limit,
-        request_id=request_id if request_id is not None else (run.request_id if run else None),
         trace_id=trace_id,
         span_id=span_id,
         tid=tid,
-        user_id=user_id if user_id is not None else (run.user_id if run else None),
-        conversation_id=conversation_id if conversation_id is not None else (run.conversation_id if run else None),
         tags=sorted(set(tags)),
         metadata=metadata or {},
         created_at=created_at or timezone.now(),
         status=StepStatus.PENDING,
         progression=StepProgression.START,
     )
+    # The objects stay cached on the step: its outcome's messages name the run and the agent.
+    if run is not None:
+        step.run = run
+        if agent is None and run.agent_id is not None:
+            agent = run.agent
+    if agent is not None:
+        step.agent = agent
     if step_id is None:
         step.save(force_insert=True)
         return step
@@ -179,35 +177,12 @@ def _end(step: Step, values: dict[str, Any]) -> Step | None:
     return step
 
 
-def _usage_values(step: Step, usage: Usage, *, model: str | None) -> dict[str, Any]:
-    cost = step_cost(provider=step.provider_name, model=model, usage=usage, when=step.created_at)
-    return {
-        **usage.as_counts(),
-        "prompt_tokens_details": usage.prompt_tokens_details,
-        "completion_tokens_details": usage.completion_tokens_details,
-        "cost_usd": cost.usd,
-        "cost_detail": cost.detail,
-    }
-
-
-# The StepMetrics columns, named as in StepMetricsIn: both write paths (one step, bulk) copy exactly these.
-_METRIC_FIELDS = tuple(f.name for f in fields(StepMetricsIn))
-
-
-def _timing_values(metrics: StepMetricsIn | None) -> dict[str, Any]:
-    # Denormalized onto the step for the list filters and the reports (steps.filters, steps.reports).
-    if metrics is None:
-        return {}
-    latency = metrics.llm_request_ns if metrics.llm_request_ns is not None else metrics.step_ns
-    return {"ttft_ns": metrics.ttft_ns, "latency_ns": latency}
-
-
 def _save_metrics(step: Step, metrics: StepMetricsIn | None) -> None:
     if metrics is None:
         return
-    row = StepMetrics(step=step, **{name: getattr(metrics, name) for name in _METRIC_FIELDS})
+    row = StepMetrics(step=step, **metrics_values(metrics))
     # One statement whether or not a row exists (an upsert, not a read then a write).
-    StepMetrics.objects.bulk_create([row], update_conflicts=True, unique_fields=["step"], update_fields=_METRIC_FIELDS)
+    StepMetrics.objects.bulk_create([row], update_conflicts=True, unique_fields=["step"], update_fields=METRIC_FIELDS)
 
 
 def _record_outcome(
@@ -218,7 +193,9 @@ def _record_outcome(
     step_rollup_add(step=step)  # usage/errors rollups (steps.rollups); once per step, as it ends
     if provider_trace is not None:
         provider_trace_record(step=step, trace=provider_trace)
-    last_sequence = _run_count_step(step) if step.run_id is not None else None
+    last_sequence = None
+    for run_id, added in run_step_counts([step]).items():
+        last_sequence = _run_count_steps(run_id, added)
     if messages:
         _messages_insert(
             organization_id=step.organization_id, messages=messages, run=step.run, step=step, agent=step.agent,
@@ -226,13 +203,13 @@ def _record_outcome(
         )  # fmt: skip
 
 
-def _run_count_step(step: Step) -> int:
-    """Count the step on its run and return the run's last message sequence id, in one locking statement."""
+def _run_count_steps(run_id: str, added: int) -> int:
+    """Count steps on their run and return the run's last message sequence id, in one locking statement."""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {Run._meta.db_table} SET step_count = step_count + 1 WHERE id = %s "
+            f"UPDATE {Run._meta.db_table} SET step_count = step_count + %s WHERE id = %s "
             f"RETURNING (SELECT MAX(sequence_id) FROM {Message._meta.db_table} WHERE run_id = %s)",
-            [step.run_id, step.run_id],
+            [added, run_id, run_id],
         )
         row = cursor.fetchone()
     return (row[0] if row else None) or 0
@@ -258,19 +235,10 @@ def step_finish(
     cancelled step is a conflict. Invalid messages reject the whole call and nothing is written.
     """
     validated = _validate_all(messages)
-    values: dict[str, Any] = {"model": model or step.model}
-    values.update(_usage_values(step, usage, model=values["model"]))
-    values.update(
-        finish_reason=finish_reason,
-        stop_reason=stop_reason,
-        response_id=response_id,
-        status=StepStatus.SUCCESS,
-        progression=StepProgression.FINISHED,
-        completed_at=completed_at or timezone.now(),
-        error_type=None,
-        error_data=None,
-        **_timing_values(metrics),
-    )
+    values = success_values(
+        step=step, usage=usage, model=model, finish_reason=finish_reason, stop_reason=stop_reason,
+        response_id=response_id, metrics=metrics, completed_at=completed_at or timezone.now(),
+    )  # fmt: skip
     ended = _end(step, values)
     if ended is None:
         current = Step.objects.get(pk=step.pk)
@@ -279,16 +247,6 @@ def step_finish(
         raise StepConflict(f"Step already ended as {current.status}.")
     _record_outcome(ended, metrics=metrics, provider_trace=provider_trace, messages=validated)
     return ended
-
-
-def error_data_from(
-    *, message: str, exc: BaseException | None = None, details: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """The error_data shape stored on a failed step: message, traceback and details."""
-    tb = None
-    if exc is not None:
-        tb = "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
-    return {"message": message, "traceback": tb, "details": details or {}}
 
 
 @transaction.atomic
@@ -316,16 +274,10 @@ def step_fail(
     error_data = error_data_from(message=message, exc=exc, details=details)
     if traceback is not None:
         error_data["traceback"] = traceback
-    values: dict[str, Any] = {
-        "status": status,
-        "error_type": error_type,
-        "error_data": error_data,
-        "stop_reason": stop_reason,
-        "completed_at": completed_at or timezone.now(),
-        **_timing_values(metrics),
-    }
-    if usage is not None:  # a stream that broke after the provider reported usage still cost money
-        values.update(_usage_values(step, usage, model=step.model))
+    values = failure_values(
+        step=step, error_type=error_type, error_data=error_data, stop_reason=stop_reason, status=status, usage=usage,
+        metrics=metrics, completed_at=completed_at or timezone.now(),
+    )  # fmt: skip
     ended = _end(step, values)  # the progression reached is left as it is
     if ended is None:
         return Step.objects.get(pk=step.pk)
@@ -351,7 +303,8 @@ def _messages_insert(
     last_sequence: int | None = None,
 ) -> list[Message]:
     # Sequence ids are allocated under a lock on the run (or step) row, so concurrent writers never collide.
-    # `last_sequence` is given by a caller that already holds the run's row lock (see _run_count_step).
+    # `last_sequence` is given by a caller that already holds the run's row lock (see _run_count_steps).
+    last, last_without_run = 0, 0
     if last_sequence is not None:
         last = last_sequence
     elif run is not None:
@@ -366,29 +319,20 @@ def _messages_insert(
             row = cursor.fetchone()
         last = (row[0] if row else None) or 0
     elif step is not None:
-        last = Message.objects.filter(step=step).aggregate(m=Max("sequence_id"))["m"] or 0
-    else:
-        last = 0
-    rows = []
-    for offset, message in enumerate(messages, start=1):
-        data = message.model_dump(mode="json")
-        rows.append(
-            Message(
-                organization_id=organization_id,
-                agent=agent,
-                run=run,
-                step=step,
-                role=data["role"],
-                content=data["content"],
-                name=data["name"],
-                tool_calls=data["tool_calls"],
-                tool_call_id=data["tool_call_id"],
-                tool_returns=data["tool_returns"],
-                otid=data["otid"],
-                is_err=data["is_err"],
-                sequence_id=last + offset,
-            )
+        last_without_run = Message.objects.filter(step=step).aggregate(m=Max("sequence_id"))["m"] or 0
+    run_id = run.pk if run is not None else None
+    numbered = message_sequences(
+        items=[(None, run_id, messages)],
+        last_by_run={run_id: last} if run_id is not None else {},
+        last_without_run=last_without_run,
+    )
+    rows = [
+        Message(
+            organization_id=organization_id, agent=agent, run=run, step=step, **message_values(message),
+            sequence_id=sequence,
         )
+        for _, message, sequence in numbered
+    ]  # fmt: skip
     return Message.objects.bulk_create(rows)
 
 
@@ -540,133 +484,45 @@ def _new_step(**values: Any) -> Step:
 
 
 def _step_from_record(organization: Organization, record: StepRecord) -> Step:
-    run, agent = record.run, record.agent
-    if run is not None and agent is None:
-        agent_id = run.agent_id
-        agent_project_id = run.agent.project_id if run.agent_id else None
-    else:
-        agent_id = agent.pk if agent is not None else None
-        agent_project_id = agent.project_id if agent is not None else None
+    """The step of a record, with the values the per-step path would give it (steps.recording)."""
     failed = record.error_type is not None
-    reported = record.usage.prompt_tokens is not None or record.usage.completion_tokens is not None
     step = _new_step(
         organization_id=organization.pk,
-        agent_id=agent_id,
-        run_id=run.pk if run is not None else None,
-        project_id=(record.project.pk if record.project else None)
-        or (run.project_id if run else None)
-        or agent_project_id,
+        **step_links(
+            run=record.run, agent=record.agent, project=record.project, request_id=record.request_id,
+            user_id=record.user_id, conversation_id=record.conversation_id,
+        ),
         origin=record.origin,
         provider_name=record.provider_name,
         model=record.model,
         model_handle=record.model_handle,
         model_endpoint=record.model_endpoint,
-        request_id=record.request_id if record.request_id is not None else (run.request_id if run else None),
         trace_id=record.trace_id,
         span_id=record.span_id,
-        user_id=record.user_id if record.user_id is not None else (run.user_id if run else None),
-        conversation_id=(
-            record.conversation_id if record.conversation_id is not None else (run.conversation_id if run else None)
-        ),
         tags=sorted(set(record.tags)),
         metadata=record.metadata or {},
         created_at=record.created_at,
-        completed_at=record.completed_at,
-        finish_reason=None if failed else record.finish_reason,
-        stop_reason=(record.stop_reason or StopReason.ERROR) if failed else record.stop_reason,
         response_id=record.response_id,
-        status=StepStatus.FAILED if failed else StepStatus.SUCCESS,
+        status=StepStatus.PENDING,
         # A failed call keeps the progression it reached: a response with usage arrived, or nothing did.
-        progression=(
-            (StepProgression.RESPONSE_RECEIVED if reported else StepProgression.START)
-            if failed
-            else StepProgression.FINISHED
-        ),
-    )
-    for name, value in _usage_values(step, record.usage, model=step.model).items():
-        setattr(step, name, value)
+        progression=reported_progression(record.usage) if failed else StepProgression.START,
+    )  # fmt: skip
     if failed:
-        step.error_type = record.error_type
-        message = record.error_message or record.error_type
-        step.error_data = error_data_from(message=message, details=record.error_details)
-        step.error_data["traceback"] = record.traceback
-    if record.metrics is not None:
-        step.ttft_ns = record.metrics.ttft_ns
-        step.latency_ns = (
-            record.metrics.llm_request_ns if record.metrics.llm_request_ns is not None else record.metrics.step_ns
-        )
+        error_data = error_data_from(message=record.error_message or record.error_type, details=record.error_details)
+        error_data["traceback"] = record.traceback
+        values = failure_values(
+            step=step, error_type=record.error_type, error_data=error_data,
+            stop_reason=record.stop_reason or StopReason.ERROR, status=StepStatus.FAILED, usage=record.usage,
+            metrics=record.metrics, completed_at=record.completed_at,
+        )  # fmt: skip
+    else:
+        values = success_values(
+            step=step, usage=record.usage, model=record.model, finish_reason=record.finish_reason,
+            stop_reason=record.stop_reason, response_id=record.response_id, metrics=record.metrics,
+            completed_at=record.completed_at,
+        )  # fmt: skip
+    step.__dict__.update(values)
     return step
-
-
-def _rollups_add_many(steps: Sequence[Step]) -> None:
-    """Add ended steps to the hour/day rollups: summed per row first, one multi-row upsert per table, in key order.
-
-    The fixed order keeps concurrent ingest transactions from deadlocking on the same rollup rows.
-    """
-    from steps import rollups
-
-    # Each step's measures once (rollups._measures, ~110 columns), reduced to the non-zero ones to sum.
-    measured = [
-        (step, rollups._dimensions(step), [(k, v) for k, v in rollups._measures(step).items() if v]) for step in steps
-    ]
-    zero = dict.fromkeys(rollups.MEASURE_COLUMNS, 0)
-    zero["cost_usd"] = Decimal(0)
-    for model, bucket_of_step in ((StepRollupHour, rollups.hour_of), (StepRollupDay, rollups.day_of)):
-        sql, columns = rollups._upsert_sql(model)
-        grouped: dict[tuple, dict[str, Any]] = {}
-        for step, dims, measures in measured:
-            key = (step.organization_id, bucket_of_step(step.created_at), *(dims[d] for d in ROLLUP_DIMENSIONS))
-            row = grouped.get(key)
-            if row is None:
-                row = grouped[key] = {**dims, **zero, "organization_id": step.organization_id, "bucket": key[1]}
-            for name, value in measures:
-                row[name] += value
-        rows = [grouped[key] for key in sorted(grouped, key=lambda k: tuple(str(part) for part in k))]
-        if rows:
-            with connection.cursor() as cursor:
-                cursor.execute(*_rollup_upsert(model, columns, sql, rows))
-    for model, bucket_of_step in ((ErrorRollupHour, rollups.hour_of), (ErrorRollupDay, rollups.day_of)):
-        rows = rollups.error_rows(steps, bucket_of_step)
-        if rows:
-            sql, columns = rollups.error_upsert_sql(model)
-            with connection.cursor() as cursor:
-                cursor.execute(*_rollup_upsert(model, columns, sql, rows))
-
-
-def _rollup_upsert(model: type, columns: list[str], sql: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
-    """One upsert statement for all `rows` (distinct keys, in key order), rows passed as one JSON parameter.
-
-    The statement text is the same for any number of rows, so neither the client nor the server parses a new
-    query per batch (the rows are ~110 columns each).
-    """
-    ops = connection.ops
-    values_sql, _, conflict_sql = sql.partition(" ON CONFLICT ")
-    head = values_sql.partition(" VALUES ")[0]
-    fields_by_column = {f.column: f for f in model._meta.concrete_fields}
-    datetimes = [c for c in columns if isinstance(fields_by_column[c], models.DateTimeField)]
-    decimals = [c for c in columns if isinstance(fields_by_column[c], models.DecimalField)]
-    if connection.vendor != "postgresql":
-        one = values_sql.partition(" VALUES ")[2]
-        params = []
-        for row in rows:
-            row = {
-                **row,
-                **{c: ops.adapt_datetimefield_value(row[c]) for c in datetimes},
-                **{c: ops.adapt_decimalfield_value(row[c], 24, 10) for c in decimals},
-            }
-            params.extend(row[c] for c in columns)
-        return f"{head} VALUES {', '.join([one] * len(rows))} ON CONFLICT {conflict_sql}", params
-    qn = ops.quote_name
-    record = ", ".join(f"{qn(c)} {fields_by_column[c].db_type(connection)}" for c in columns)
-    select = ", ".join(f"r.{qn(c)}" for c in columns)
-    document = [
-        {**row, **{c: row[c].isoformat() for c in datetimes}, **{c: str(row[c]) for c in decimals}} for row in rows
-    ]
-    return (
-        f"{head} SELECT {select} FROM ROWS FROM (jsonb_to_recordset(%s::jsonb) AS ({record})) "
-        f"WITH ORDINALITY AS r({', '.join(qn(c) for c in columns)}, ord) ORDER BY r.ord ON CONFLICT {conflict_sql}",
-        [json.dumps(document)],
-    )
 
 
 _MESSAGE_COLUMNS = (
@@ -735,27 +591,16 @@ def _copy_steps(steps: Sequence[Step]) -> bool:
     return True
 
 
-def _message_row(organization_id: str, step: Step, message: MessageIn, sequence: int, now: datetime) -> tuple:
-    data = message.model_dump(mode="json")
-    return (
-        new_message_id(), organization_id, step.agent_id, step.run_id, step.pk, data["role"],
-        json.dumps(data["content"]), data["name"],
-        None if data["tool_calls"] is None else json.dumps(data["tool_calls"]),
-        data["tool_call_id"],
-        None if data["tool_returns"] is None else json.dumps(data["tool_returns"]),
-        data["otid"], data["is_err"], sequence, now,
-    )  # fmt: skip
+def _message_row(organization_id: str, step: Step, message: MessageIn, sequence: int, now: datetime) -> dict:
+    """A Message row of a bulk write, by column (message_values, as the per-step path stores them)."""
+    return {
+        "id": new_message_id(), "organization_id": organization_id, "agent_id": step.agent_id, "run_id": step.run_id,
+        "step_id": step.pk, **message_values(message), "sequence_id": sequence, "created_at": now,
+    }  # fmt: skip
 
 
-def _message_models(rows: Sequence[tuple]) -> list[Message]:
-    models = []
-    for row in rows:
-        values = dict(zip(_MESSAGE_COLUMNS, row, strict=True))
-        for name in _JSON_MESSAGE_COLUMNS:
-            values[name] = None if values[name] is None else json.loads(values[name])
-        values.pop("created_at")
-        models.append(Message(**values))
-    return models
+def _json_text(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
 
 
 @transaction.atomic
@@ -804,14 +649,12 @@ def steps_record_many(*, organization: Organization, records: Sequence[StepRecor
     done = [(step, record, messages) for step, record, messages in pending.values() if step.pk in inserted_ids]
     now = timezone.now()
 
-    metrics = [(step, record.metrics) for step, record, _ in done if record.metrics is not None]
+    metrics = [(step, metrics_values(record.metrics)) for step, record, _ in done if record.metrics is not None]
     _write_rows(
         StepMetrics,
-        ["step_id", *_METRIC_FIELDS],
-        [(step.pk, *(getattr(m, name) for name in _METRIC_FIELDS)) for step, m in metrics],
-        lambda: StepMetrics.objects.bulk_create(
-            [StepMetrics(step=step, **{name: getattr(m, name) for name in _METRIC_FIELDS}) for step, m in metrics]
-        ),
+        ["step_id", *METRIC_FIELDS],
+        [(step.pk, *(values[name] for name in METRIC_FIELDS)) for step, values in metrics],
+        lambda: StepMetrics.objects.bulk_create([StepMetrics(step=step, **values) for step, values in metrics]),
     )
     traces = [(step, record.provider_trace) for step, record, _ in done if record.provider_trace is not None]
     _write_rows(
@@ -821,32 +664,34 @@ def steps_record_many(*, organization: Organization, records: Sequence[StepRecor
         lambda: provider_traces_record_many(items=traces),
     )
 
-    # Messages: per run, sequence ids continue after the run's last one (allocated under the run row lock, as in
-    # _messages_insert); a step without a run numbers its own messages from 1.
+    # Messages: sequence ids allocated under the runs' row locks (taken in id order), as in _messages_insert.
     run_ids = sorted({step.run_id for step, _, messages in done if messages and step.run_id})
-    last_seq: dict[str, int] = {}
+    last_by_run: dict[str, int] = {}
     if run_ids:
         list(Run.objects.select_for_update().filter(pk__in=run_ids).order_by("pk").values_list("pk", flat=True))
-        last_seq = dict(Message.objects.filter(run_id__in=run_ids).values_list("run_id").annotate(m=Max("sequence_id")))
-    rows: list[tuple[Any, ...]] = []
-    for step, _, messages in sorted(done, key=lambda item: (item[0].created_at, item[0].pk)):
-        for step_seq, message in enumerate(messages, start=1):
-            if step.run_id:
-                last_seq[step.run_id] = sequence = last_seq.get(step.run_id, 0) + 1
-            else:
-                sequence = step_seq
-            rows.append(_message_row(organization.pk, step, message, sequence, now))
-    _write_rows(Message, list(_MESSAGE_COLUMNS), rows, lambda: Message.objects.bulk_create(_message_models(rows)))
+        last_by_run = dict(
+            Message.objects.filter(run_id__in=run_ids).values_list("run_id").annotate(m=Max("sequence_id"))
+        )
+    in_order = sorted(done, key=lambda item: (item[0].created_at, item[0].pk))
+    rows = [
+        _message_row(organization.pk, step, message, sequence, now)
+        for step, message, sequence in message_sequences(
+            items=[(step, step.run_id, messages) for step, _, messages in in_order], last_by_run=last_by_run
+        )
+    ]
+    _write_rows(
+        Message,
+        list(_MESSAGE_COLUMNS),
+        [tuple(_json_text(row[c]) if c in _JSON_MESSAGE_COLUMNS else row[c] for c in _MESSAGE_COLUMNS) for row in rows],
+        lambda: Message.objects.bulk_create([Message(**row) for row in rows]),
+    )
 
-    per_run: dict[str, int] = {}
-    for step, _, _ in done:
-        if step.run_id:
-            per_run[step.run_id] = per_run.get(step.run_id, 0) + 1
+    per_run = run_step_counts(step for step, _, _ in done)
     if per_run:  # one UPDATE for every run, in id order (the same lock order as the message allocation above)
         Run.objects.filter(pk__in=sorted(per_run)).update(
             step_count=F("step_count")
             + Case(*(When(pk=run_id, then=Value(n)) for run_id, n in per_run.items()), default=Value(0))
         )
     # Last: the rollup rows are shared by every concurrent writer, so their locks are held for the shortest time.
-    _rollups_add_many([step for step, _, _ in done])
+    steps_rollups_add(steps=[step for step, _, _ in done])
     return [step for step, _, _ in done]

@@ -1,5 +1,6 @@
 """The one write path for steps: start, progress, finish, fail, cancel, messages, feedback."""
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -7,7 +8,16 @@ import pytest
 from agents.models import StopReason
 from config.errors import ApplicationError
 from steps import services
-from steps.models import Message, ProviderTrace, Step, StepMetrics, StepProgression, StepStatus
+from steps.models import (
+    ErrorRollupHour,
+    Message,
+    ProviderTrace,
+    Step,
+    StepMetrics,
+    StepProgression,
+    StepRollupHour,
+    StepStatus,
+)
 from steps.provider_traces import ProviderTraceIn
 from steps.services import StepMetricsIn
 from steps.values import ContentValidationError, Usage
@@ -283,3 +293,68 @@ def test_feedback_on_another_organizations_step_is_not_found():
     with pytest.raises(ApplicationError) as info:
         services.step_set_feedback(organization=other, step_id=step.pk, feedback="positive", set_feedback=True)
     assert info.value.status_code == 404
+
+
+# --- bulk recording: steps_record_many ----------------------------------------------------------------------------
+
+
+def _record(run, span: int, **kwargs) -> services.StepRecord:
+    created = datetime(2026, 4, 2, 10, span, tzinfo=UTC)
+    values = {
+        "trace_id": "a" * 32, "span_id": f"{span:016x}", "usage": Usage(prompt_tokens=100, completion_tokens=10),
+        "created_at": created, "completed_at": created + timedelta(seconds=1), "run": run, "provider_name": "openai",
+        "model": "gpt-4o-mini", "model_handle": "openai/gpt-4o-mini",
+        "metrics": StepMetricsIn(llm_request_ns=400_000_000, ttft_ns=90_000_000),
+        "messages": [{"role": "assistant", "content": [{"type": "text", "text": f"answer {span}"}]}],
+        "provider_trace": ProviderTraceIn(provider="openai", request_json={"api_key": "sk-secret"}),
+    }  # fmt: skip
+    return services.StepRecord(**{**values, **kwargs})
+
+
+def test_steps_record_many_stores_steps_with_their_rows_counts_and_rollups_once():
+    run = RunFactory(user_id="u-1")
+    services.messages_create(
+        organization=run.organization, run=run, messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    )
+    records = [
+        _record(run, 2),
+        _record(run, 1, error_type="timeout", error_message="timed out", usage=Usage(), messages=[]),
+    ]
+
+    inserted = services.steps_record_many(organization=run.organization, records=records)
+
+    assert len(inserted) == 2
+    ok, failed = Step.objects.get(span_id=f"{2:016x}"), Step.objects.get(span_id=f"{1:016x}")
+    assert (ok.status, ok.user_id, ok.agent_id, ok.latency_ns, ok.total_tokens) == (
+        StepStatus.SUCCESS, "u-1", run.agent_id, 400_000_000, 110,
+    )  # fmt: skip
+    assert ok.cost_usd > 0
+    assert (failed.status, failed.error_type, failed.progression) == ("failed", "timeout", StepProgression.START)
+    assert failed.error_data["message"] == "timed out"
+    assert StepMetrics.objects.filter(step__in=[ok, failed]).count() == 2
+    assert "sk-secret" not in str(ProviderTrace.objects.get(step=ok).request_json)
+    # Sequence ids continue after the run's input message.
+    assert list(Message.objects.filter(run=run).values_list("step_id", "sequence_id")) == [(None, 1), (ok.pk, 2)]
+    run.refresh_from_db()
+    assert run.step_count == 2
+    hour = StepRollupHour.objects.get(organization=run.organization)
+    assert (hour.steps, hour.error_steps, hour.total_tokens) == (2, 1, 110)
+    assert ErrorRollupHour.objects.get(organization=run.organization).count == 1
+
+    # Sent again (a retried batch): nothing more is stored or counted.
+    assert services.steps_record_many(organization=run.organization, records=records) == []
+    run.refresh_from_db()
+    assert run.step_count == 2
+    assert Message.objects.filter(run=run).count() == 2
+    assert StepRollupHour.objects.get(organization=run.organization).steps == 2
+
+
+def test_steps_record_many_rejects_the_whole_call_on_an_invalid_message():
+    run = RunFactory()
+    bad = _record(run, 3, messages=[{"role": "assistant", "content": [{"type": "image", "source": {"type": "url"}}]}])
+
+    with pytest.raises(ContentValidationError):
+        services.steps_record_many(organization=run.organization, records=[_record(run, 4), bad])
+
+    assert not Step.objects.exists() and not Message.objects.exists() and not ProviderTrace.objects.exists()
+    assert not StepRollupHour.objects.exists()
