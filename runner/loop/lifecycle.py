@@ -20,6 +20,7 @@ from agents.services import (
     run_lease_retry_in,
     run_request_cancel,
 )
+from config.logging_setup import log_context
 from config.redaction import redact_text
 from runner import services
 from runner.conversation import approval_request_message, pending_tool_calls, run_history
@@ -47,6 +48,11 @@ def run_execute(*, run_id: str) -> Run:
 
     Raises RunLeased when a live worker executes the run already (its heartbeat is fresh).
     """
+    with log_context(run_id=run_id):  # every log line of the run names it, in a worker or called directly
+        return _execute(run_id=run_id)
+
+
+def _execute(*, run_id: str) -> Run:
     run = Run.objects.select_related("agent", "organization").get(pk=run_id)
     if run.is_finished:
         return run

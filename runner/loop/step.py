@@ -11,6 +11,8 @@ from django.conf import settings
 from django.db.models import Max
 
 from agents.models import Agent, Run, RunStatus, StopReason
+from config.logging_setup import log_context
+from config.metrics import provider_call_record
 from runner.conversation import approval_request_message
 from runner.loop.events import Publisher, publish_approval
 from runner.loop.tools import run_tools
@@ -120,6 +122,12 @@ def _call_provider(
         error = exc
     trace = getattr(call, "trace", None)
     trace_in = ProviderTraceIn(**asdict(trace)) if trace is not None else None
+    provider_call_record(
+        provider=adapter.provider_name,
+        model=request.model,
+        error_type=error.error_type if error is not None else None,
+        duration_s=(time.time_ns() - llm_start) / 1e9,
+    )
     return _Call(result, error, trace_in, llm_start, first_chunk)
 
 
@@ -165,50 +173,51 @@ def run_step(inputs: StepInput) -> Outcome:
             messages=inputs.request.messages,
         ) as chat:  # fmt: skip
             step = _start_attempt(inputs, attempt=attempt, chat=chat)
-            otid = f"otid-{uuid.uuid4()}"
-            call = _stream_answer(inputs, step=step, chat=chat, otid=otid)
-            metrics = StepMetricsIn(
-                step_start_ns=step_start_ns,
-                llm_request_start_ns=call.llm_start_ns,
-                llm_request_ns=(call.result.latency_ns if call.result else time.time_ns() - call.llm_start_ns),
-                ttft_ns=call.result.ttft_ns if call.result else (
-                    call.first_chunk_ns - call.llm_start_ns if call.first_chunk_ns else None),
-            )  # fmt: skip
+            with log_context(step_id=step.pk):  # every log line of this attempt names its step
+                otid = f"otid-{uuid.uuid4()}"
+                call = _stream_answer(inputs, step=step, chat=chat, otid=otid)
+                metrics = StepMetricsIn(
+                    step_start_ns=step_start_ns,
+                    llm_request_start_ns=call.llm_start_ns,
+                    llm_request_ns=(call.result.latency_ns if call.result else time.time_ns() - call.llm_start_ns),
+                    ttft_ns=call.result.ttft_ns if call.result else (
+                        call.first_chunk_ns - call.llm_start_ns if call.first_chunk_ns else None),
+                )  # fmt: skip
 
-            if isinstance(call.error, ProviderCancelled) or (
-                call.error is None and cancel.is_set() and not call.result
-            ):
-                chat.fail(error_type="cancelled", exc=call.error)
-                metrics.step_ns = time.time_ns() - step_start_ns
-                step_cancel(step=step, provider_trace=call.trace, metrics=metrics, usage=_partial_usage(call.error))
-                return CANCELLED
-
-            if call.error is not None:
-                error = call.error
-                chat.fail(error_type=error.error_type, exc=error)
-                last = not error.retryable or attempt == first + max_attempts - 1
-                metrics.step_ns = time.time_ns() - step_start_ns
-                step_fail(
-                    step=step,
-                    error_type=error.error_type,
-                    message=error.message,
-                    exc=error,
-                    details={**error.as_dict(), "attempt": attempt, "final_attempt": last},
-                    stop_reason=StopReason.LLM_API_ERROR if last else None,
-                    provider_trace=call.trace,
-                    metrics=metrics,
-                    usage=_partial_usage(error),
-                )
-                if last:
-                    return Outcome(RunStatus.FAILED, StopReason.LLM_API_ERROR, error.as_dict())
-                inputs.publish("retry_message", step_id=step.pk, attempt=attempt, error_type=error.error_type,
-                               message=error.message)  # fmt: skip
-                if cancel.wait(_backoff(attempt - first + 1, error)):  # True when cancelled during the backoff
+                if isinstance(call.error, ProviderCancelled) or (
+                    call.error is None and cancel.is_set() and not call.result
+                ):
+                    chat.fail(error_type="cancelled", exc=call.error)
+                    metrics.step_ns = time.time_ns() - step_start_ns
+                    step_cancel(step=step, provider_trace=call.trace, metrics=metrics, usage=_partial_usage(call.error))
                     return CANCELLED
-                continue
 
-            return _record_answer(inputs, step=step, chat=chat, otid=otid, call=call, metrics=metrics,
-                                  step_start_ns=step_start_ns)  # fmt: skip
+                if call.error is not None:
+                    error = call.error
+                    chat.fail(error_type=error.error_type, exc=error)
+                    last = not error.retryable or attempt == first + max_attempts - 1
+                    metrics.step_ns = time.time_ns() - step_start_ns
+                    step_fail(
+                        step=step,
+                        error_type=error.error_type,
+                        message=error.message,
+                        exc=error,
+                        details={**error.as_dict(), "attempt": attempt, "final_attempt": last},
+                        stop_reason=StopReason.LLM_API_ERROR if last else None,
+                        provider_trace=call.trace,
+                        metrics=metrics,
+                        usage=_partial_usage(error),
+                    )
+                    if last:
+                        return Outcome(RunStatus.FAILED, StopReason.LLM_API_ERROR, error.as_dict())
+                    inputs.publish("retry_message", step_id=step.pk, attempt=attempt, error_type=error.error_type,
+                                   message=error.message)  # fmt: skip
+                    if cancel.wait(_backoff(attempt - first + 1, error)):  # True when cancelled during the backoff
+                        return CANCELLED
+                    continue
+
+                return _record_answer(inputs, step=step, chat=chat, otid=otid, call=call, metrics=metrics,
+                                      step_start_ns=step_start_ns)  # fmt: skip
     return GO_ON  # unreachable: the last attempt always returns
 
 

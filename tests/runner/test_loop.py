@@ -314,3 +314,47 @@ def test_a_finished_run_is_not_executed_again(scenario, make_agent):
     again = run_execute(run_id=run.pk)
     assert again.status == RunStatus.COMPLETED
     assert Step.objects.filter(run=run).count() == 1
+
+
+def _provider_calls_by_error_type(provider: str) -> dict[str, float]:
+    from config.metrics import REGISTRY
+
+    counts: dict[str, float] = {}
+    for family in REGISTRY.collect():
+        for sample in family.samples:
+            if sample.name == "steplens_provider_call_duration_seconds_count" and (
+                sample.labels["gen_ai_provider_name"] == provider
+            ):
+                counts[sample.labels["error_type"]] = counts.get(sample.labels["error_type"], 0.0) + sample.value
+    return counts
+
+
+def test_each_provider_attempt_is_measured_by_error_type_and_runs_with_its_step_in_the_log_context(
+    scenario, make_agent, monkeypatch
+):
+    """steplens_provider_call_duration_seconds counts every attempt; log lines of an attempt name its step."""
+    from config.logging_setup import current_log_context
+    from runner.loop import step as step_module
+
+    handle = scenario(
+        "openai_chat", [[Turn(error=ErrorSpec(kind="rate_limit", retry_after=0)), Turn(text="second time lucky")]]
+    )
+    agent = make_agent(handle)
+    contexts: list[dict] = []
+    stream_answer = step_module._stream_answer
+
+    def recording(inputs, *, step, **kwargs):
+        contexts.append({"step": step.pk, **current_log_context()})
+        return stream_answer(inputs, step=step, **kwargs)
+
+    monkeypatch.setattr(step_module, "_stream_answer", recording)
+    before = _provider_calls_by_error_type("openai")
+    run = _run(agent)
+    after = _provider_calls_by_error_type("openai")
+    failed, ok = _steps(run)
+    assert after.get("rate_limit", 0) - before.get("rate_limit", 0) == 1
+    assert after.get("", 0) - before.get("", 0) == 1
+    assert [(c["step"], c.get("step_id"), c.get("run_id")) for c in contexts] == [
+        (failed.pk, failed.pk, run.pk),
+        (ok.pk, ok.pk, run.pk),
+    ]
