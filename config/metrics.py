@@ -195,9 +195,8 @@ def ingest_spans_mapped_record(*, mapped: int) -> None:
 
 
 def provider_call_record(*, provider: str, model: str, error_type: str | None, duration_s: float) -> None:
-    """One provider call of an agent run (each attempt), `error_type` None on success. Call site (not yet wired):
-    the loop's provider call (agents/loop/step.py, moving to runner/), where the ProviderTrace of the attempt is
-    built from its latency and error type."""
+    """One provider call of an agent run (each attempt), `error_type` None on success. Called by the loop's
+    provider call (runner.loop.step._call_provider) once the attempt's stream has ended or failed."""
     _provider_duration.labels(provider, model, error_type or "").observe(duration_s)
     attributes = {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
     if error_type:
