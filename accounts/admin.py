@@ -17,6 +17,7 @@ from django.urls import reverse
 from accounts.audit import actor_from_request
 from accounts.backends import cached_user_roles
 from accounts.models import ApiKey, AuditEvent, Invitation, Membership, Organization, Project, Role
+from accounts.roles import GRANTABLE_ROLES
 from accounts.services import (
     api_key_create,
     api_key_revoke,
@@ -35,6 +36,26 @@ def granter_role(request: HttpRequest, organization_id: str | None) -> str | Non
     if request.user.is_superuser:
         return Role.OWNER
     return cached_user_roles(request.user).get(organization_id or "")
+
+
+def grantable_role_choices(request: HttpRequest) -> list[tuple[str, str]]:
+    """The roles the person may hand out in at least one of their organizations (the service checks each)."""
+    if request.user.is_superuser:
+        return list(Role.choices)
+    allowed = {
+        granted for role in cached_user_roles(request.user).values() for granted in GRANTABLE_ROLES.get(role, ())
+    }
+    return [(value, label) for value, label in Role.choices if value in allowed]
+
+
+class GrantableRoleMixin:
+    """The role menu offers only what the person may grant (an admin does not see `owner`). A posted role
+    is left to the service, which answers a role the person may not grant with a 403 (not a form error)."""
+
+    def formfield_for_choice_field(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "role" and request.method != "POST":
+            kwargs["choices"] = grantable_role_choices(request)
+        return super().formfield_for_choice_field(db_field, request, **kwargs)
 
 
 def _fail(request: HttpRequest, exc: ApplicationError) -> None:
@@ -133,7 +154,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(GrantableRoleMixin, admin.ModelAdmin):
     """Members and their roles; add people by invitation. The last owner can be neither demoted nor removed."""
 
     list_display = ["user", "organization", "role", "created_at"]
@@ -191,7 +212,7 @@ class MembershipAdmin(admin.ModelAdmin):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(GrantableRoleMixin, admin.ModelAdmin):
     """Invite by a one-time link that expires (shown once here, and mailed when an address is given)."""
 
     list_display = ["email", "organization", "role", "created_by", "created_at", "expires_at", "accepted_at"]

@@ -507,3 +507,10 @@ def test_a_refused_attempt_is_in_the_audit_log(teams):
         reverse("admin:accounts_apikey_add"),
     ]
     assert all(e.actor == "viewer" and e.after["role"] == "viewer" for e in denied)
+
+
+def test_the_role_menu_offers_only_grantable_roles(teams):
+    admin_form = client_for(teams, "admin").get(reverse("admin:accounts_invitation_add")).content.decode()
+    owner_form = client_for(teams, "owner").get(reverse("admin:accounts_invitation_add")).content.decode()
+    assert 'value="owner"' not in admin_form and 'value="admin"' in admin_form
+    assert 'value="owner"' in owner_form
