@@ -28,12 +28,16 @@ from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
 from steps.models import (
     ERROR_ROLLUP_KEY,
     ROLLUP_DIMENSIONS,
+    SUBJECT_ROLLUP_KEY,
     ErrorRollupDay,
     ErrorRollupHour,
     Step,
     StepRollupDay,
     StepRollupHour,
     StepStatus,
+    SubjectKind,
+    SubjectRollupDay,
+    SubjectRollupHour,
 )
 
 COUNT_COLUMNS = (
@@ -52,6 +56,14 @@ MEASURE_COLUMNS = (*COUNT_COLUMNS, "cost_usd", *LATENCY_COLUMNS, *TTFT_COLUMNS)
 _TOKEN_FIELDS = COUNT_COLUMNS[2:]
 ROLLUP_TABLES = (StepRollupHour, StepRollupDay)
 ERROR_TABLES = (ErrorRollupHour, ErrorRollupDay)
+SUBJECT_TABLES = (SubjectRollupHour, SubjectRollupDay)
+# What a usage-measures row is keyed by after the organization, per table.
+_MEASURE_KEYS = {
+    StepRollupHour: ("bucket", *ROLLUP_DIMENSIONS),
+    StepRollupDay: ("bucket", *ROLLUP_DIMENSIONS),
+    SubjectRollupHour: SUBJECT_ROLLUP_KEY,
+    SubjectRollupDay: SUBJECT_ROLLUP_KEY,
+}
 
 
 def hour_of(moment: datetime) -> datetime:
@@ -94,10 +106,11 @@ def step_measures(step: Step) -> dict[str, Any]:
     return values
 
 
-def _upsert_sql(model: type[StepRollupHour | StepRollupDay]) -> tuple[str, list[str]]:
+def _upsert_sql(model: type) -> tuple[str, list[str]]:
+    """The upsert of a usage or subject rollup row: the measures add up."""
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
-    keys = ["organization_id", "bucket", *ROLLUP_DIMENSIONS]
+    keys = ["organization_id", *_MEASURE_KEYS[model]]
     columns = [*keys, *MEASURE_COLUMNS]
     updates = ", ".join(f"{qn(c)} = {table}.{qn(c)} + excluded.{qn(c)}" for c in MEASURE_COLUMNS)
     sql = (
@@ -114,26 +127,53 @@ def _zero_measures() -> dict[str, Any]:
     return zero
 
 
-def usage_rows(steps: Iterable[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
-    """The usage rollup deltas of ended `steps` (pending ones add nothing): one row per key (organization, bucket,
-    dimensions) with the steps' measures summed, in key order.
-
-    The one rule for both write paths and the rebuild; the fixed order keeps concurrent writers from deadlocking
-    on the rows."""
+def _summed_rows(steps: Iterable[Step], bucket_of_step: Any, subjects: Any) -> list[dict[str, Any]]:
+    """Ended steps' measures summed per (organization, bucket, subject, dimensions), in key order; `subjects(step)`
+    gives the subject columns of each row a step adds to (one empty dict for the usage rollups)."""
     rows: dict[tuple, dict[str, Any]] = {}
     for step in steps:
         if step.status == StepStatus.PENDING:
             continue
         dims = step_dimensions(step)
         bucket = bucket_of_step(step.created_at)
-        key = (step.organization_id, bucket, *(dims[d] for d in ROLLUP_DIMENSIONS))
-        row = rows.get(key)
-        if row is None:
-            row = rows[key] = {"organization_id": step.organization_id, "bucket": bucket, **dims, **_zero_measures()}
-        for name, value in step_measures(step).items():
-            if value:
+        measures = [(name, value) for name, value in step_measures(step).items() if value]
+        for subject in subjects(step):
+            key = (step.organization_id, bucket, *subject.values(), *(dims[d] for d in ROLLUP_DIMENSIONS))
+            row = rows.get(key)
+            if row is None:
+                row = rows[key] = {
+                    "organization_id": step.organization_id, "bucket": bucket, **subject, **dims, **_zero_measures()
+                }  # fmt: skip
+            for name, value in measures:
                 row[name] += value
     return [rows[key] for key in sorted(rows, key=lambda k: tuple(str(part) for part in k))]
+
+
+_NO_SUBJECT: tuple[dict[str, str], ...] = ({},)
+
+
+def usage_rows(steps: Iterable[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
+    """The usage rollup deltas of ended `steps` (pending ones add nothing): one row per key (organization, bucket,
+    dimensions) with the steps' measures summed, in key order.
+
+    The one rule for both write paths and the rebuild; the fixed order keeps concurrent writers from deadlocking
+    on the rows."""
+    return _summed_rows(steps, bucket_of_step, lambda step: _NO_SUBJECT)
+
+
+def step_subjects(step: Step) -> list[dict[str, str]]:
+    """The subject rollup keys a step adds to: its end user and its conversation, each when it has one."""
+    subjects = []
+    if step.user_id:
+        subjects.append({"kind": SubjectKind.USER.value, "subject_id": step.user_id})
+    if step.conversation_id:
+        subjects.append({"kind": SubjectKind.CONVERSATION.value, "subject_id": step.conversation_id})
+    return subjects
+
+
+def subject_rows(steps: Iterable[Step], bucket_of_step: Any) -> list[dict[str, Any]]:
+    """The subject rollup deltas of ended `steps`: as usage_rows, per end user and per conversation as well."""
+    return _summed_rows(steps, bucket_of_step, step_subjects)
 
 
 ERROR_MEASURES = ("count", "first_seen", "last_seen", "example_step_id")
@@ -206,6 +246,8 @@ _DELTAS = (
     (StepRollupDay, day_of, usage_rows, _upsert_sql),
     (ErrorRollupHour, hour_of, error_rows, error_upsert_sql),
     (ErrorRollupDay, day_of, error_rows, error_upsert_sql),
+    (SubjectRollupHour, hour_of, subject_rows, _upsert_sql),
+    (SubjectRollupDay, day_of, subject_rows, _upsert_sql),
 )
 
 
@@ -319,13 +361,19 @@ def step_rollups_rebuild(
     not at all, so run it when the range is quiet. Returns the number of hourly rows written.
     """
     start, end = _day_range(start, end)
-    for model in (*ROLLUP_TABLES, *ERROR_TABLES):
+    for model in (*ROLLUP_TABLES, *ERROR_TABLES, *SUBJECT_TABLES):
         model.objects.filter(_range_q(start, end, "bucket"), organization=organization).delete()
     if connection.vendor == "postgresql":
-        hours = _rebuild_hours_postgres(organization=organization, start=start, end=end)
+        hours = _rebuild_hours_postgres(organization=organization, start=start, end=end, model=StepRollupHour)
+        for kind, column in _SUBJECT_COLUMNS.items():
+            _rebuild_hours_postgres(
+                organization=organization, start=start, end=end, model=SubjectRollupHour, subject=(kind, column)
+            )
     else:
-        hours = _rebuild_hours_python(organization=organization, start=start, end=end)
-    _rebuild_days(organization=organization, start=start, end=end)
+        hours = _rebuild_hours_python(organization=organization, start=start, end=end, model=StepRollupHour)
+        _rebuild_hours_python(organization=organization, start=start, end=end, model=SubjectRollupHour)
+    for hour_model, day_model in (ROLLUP_TABLES, SUBJECT_TABLES):
+        _rebuild_days(organization=organization, start=start, end=end, hour_model=hour_model, day_model=day_model)
     _rebuild_errors(organization=organization, start=start, end=end)
     return hours
 
@@ -385,9 +433,22 @@ def _store_errors(
     )
 
 
-def _rebuild_hours_postgres(*, organization: Organization, start: datetime | None, end: datetime | None) -> int:
+# Subject kind -> the step column that holds the subject.
+_SUBJECT_COLUMNS = {SubjectKind.USER.value: "user_id", SubjectKind.CONVERSATION.value: "conversation_id"}
+
+
+def _rebuild_hours_postgres(
+    *,
+    organization: Organization,
+    start: datetime | None,
+    end: datetime | None,
+    model: type,
+    subject: tuple[str, str] | None = None,
+) -> int:
+    """The hourly rows of `model` from the steps in one INSERT ... SELECT; with `subject` (kind, step column), the
+    subject rollup rows of that kind (steps without that column add nothing, as in subject_rows)."""
     qn = connection.ops.quote_name
-    table = qn(StepRollupHour._meta.db_table)
+    table = qn(model._meta.db_table)
     dims_sql = ", ".join(f"coalesce({qn(d)}, '')" for d in ROLLUP_DIMENSIONS)
     measures_sql = [
         "count(*)",
@@ -399,61 +460,64 @@ def _rebuild_hours_postgres(*, organization: Organization, start: datetime | Non
     ]
     where = ["organization_id = %s", "status <> %s"]
     params: list[Any] = [list(BOUNDS_NS), list(BOUNDS_NS), organization.pk, StepStatus.PENDING.value]
+    key_columns, key_sql = ["bucket", *ROLLUP_DIMENSIONS], ["date_trunc('hour', created_at, 'UTC')", dims_sql]
+    if subject is not None:
+        kind, column = subject
+        where.append(f"coalesce({qn(column)}, '') <> ''")
+        key_columns = ["kind", "subject_id", *key_columns]
+        key_sql = ["%s::text", qn(column), *key_sql]
+        params = [kind, *params]
     if start is not None:
         where.append("created_at >= %s")
         params.append(start)
     if end is not None:
         where.append("created_at < %s")
         params.append(end)
-    columns = ["organization_id", "bucket", *ROLLUP_DIMENSIONS, *MEASURE_COLUMNS]
+    columns = ["organization_id", *key_columns, *MEASURE_COLUMNS]
+    group = ", ".join(str(i) for i in range(2, len(key_sql) + 1))
     sql = (
         f"INSERT INTO {table} ({', '.join(qn(c) for c in columns)}) "
-        f"SELECT organization_id, date_trunc('hour', created_at, 'UTC'), {dims_sql}, {', '.join(measures_sql)} "
+        f"SELECT organization_id, {', '.join(key_sql)}, {', '.join(measures_sql)} "
         "FROM (SELECT s.*, width_bucket(latency_ns, %s::bigint[]) AS lb, width_bucket(ttft_ns, %s::bigint[]) AS tb "
         f"FROM {qn(Step._meta.db_table)} s WHERE {' AND '.join(where)}) steps "
-        f"GROUP BY organization_id, 2, {dims_sql}"
+        f"GROUP BY organization_id, {group}, {dims_sql}"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 
 
-def _rebuild_hours_python(*, organization: Organization, start: datetime | None, end: datetime | None) -> int:
-    rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+def _rebuild_hours_python(
+    *, organization: Organization, start: datetime | None, end: datetime | None, model: type
+) -> int:
+    """The hourly rows of `model` (usage or subject rollup) from the steps, by the write path's own rule."""
     steps = Step.objects.filter(_range_q(start, end, "created_at"), organization=organization).exclude(
         status=StepStatus.PENDING
     )
-    for step in steps.iterator():
-        key = (hour_of(step.created_at), *step_dimensions(step).values())
-        measures = step_measures(step)
-        row = rows.get(key)
-        if row is None:
-            rows[key] = measures
-        else:
-            for name, value in measures.items():
-                row[name] += value
-    StepRollupHour.objects.bulk_create(
-        StepRollupHour(
-            organization=organization, bucket=key[0], **dict(zip(ROLLUP_DIMENSIONS, key[1:], strict=True)), **row
-        )
-        for key, row in rows.items()
-    )
+    rows_of = subject_rows if model is SubjectRollupHour else usage_rows
+    rows = rows_of(steps.iterator(), hour_of)
+    model.objects.bulk_create((model(**row) for row in rows), batch_size=500)
     return len(rows)
 
 
-def _rebuild_days(*, organization: Organization, start: datetime | None, end: datetime | None) -> None:
-    hours = StepRollupHour.objects.filter(_range_q(start, end, "bucket"), organization=organization)
+def _rebuild_days(
+    *, organization: Organization, start: datetime | None, end: datetime | None, hour_model: type, day_model: type
+) -> None:
+    """The daily rows of `day_model` summed from the hourly rows of `hour_model`."""
+    keys = [k for k in _MEASURE_KEYS[day_model] if k != "bucket"]
+    hours = hour_model.objects.filter(_range_q(start, end, "bucket"), organization=organization)
     grouped = (
         hours.annotate(day=TruncDay("bucket", tzinfo=UTC))
-        .values("day", *ROLLUP_DIMENSIONS)
+        .values("day", *keys)
         .annotate(**{f"sum_{c}": Sum(c) for c in MEASURE_COLUMNS})
+        .order_by()
     )
-    StepRollupDay.objects.bulk_create(
+    day_model.objects.bulk_create(
         (
-            StepRollupDay(
+            day_model(
                 organization=organization,
                 bucket=row["day"],
-                **{d: row[d] for d in ROLLUP_DIMENSIONS},
+                **{k: row[k] for k in keys},
                 **{c: row[f"sum_{c}"] for c in MEASURE_COLUMNS},
             )
             for row in grouped.iterator()
@@ -593,10 +657,43 @@ def rollup_errors(
 ) -> dict[tuple[Any, ...], ErrorTotals] | None:
     """Errors per group from the errors rollups (as rollup_totals; `filters` may also name error_type, and
     `group_by` may hold error_type)."""
-    rows = _grouped(organization, start, end, filters, group_by, _ERROR_AGGREGATES, errors=True)
+    rows = _grouped(organization, start, end, filters, group_by, _ERROR_AGGREGATES, tables=_ERROR_TABLE_OF)
     if rows is None:
         return None
     return merge_into({}, ((key, ErrorTotals(int(n), first, last, example)) for key, (n, first, last, example) in rows))
+
+
+def subject_rollup_rows(
+    *,
+    organization: Organization,
+    kind: str,
+    start: datetime | None,
+    end: datetime | None,
+    filters: dict[str, Sequence[str]] | None = None,
+    subject_ids: Sequence[str] | None = None,
+) -> dict[str, RollupRow] | None:
+    """Summed measures per end user (`kind` "user") or conversation ("conversation") over [start, end), from the
+    subject rollups: {subject_id: RollupRow} (counts by COUNT_COLUMNS name, with error_steps the failed steps;
+    cost; latency and TTFT histograms to read percentiles from, as rollup_totals gives them).
+
+    `filters` maps ROLLUP_FILTERS names (agent_id, project_id, model, model_handle, provider) to accepted values;
+    `subject_ids`, when given, limits the answer to those subjects. Whole days are read from the day rows, the
+    hours at ragged ends of days from the hour rows. None when a bound is not on a whole hour (the minutes at
+    such an end are only in the steps: the caller adds them from there, as the reports do). Subjects without
+    steps in the window are absent.
+    """
+    if kind not in SubjectKind.values:
+        raise ValueError(f"not a subject kind: {kind}")
+    unknown = set(filters or {}) - set(ROLLUP_FILTERS)
+    if unknown:
+        raise ValueError(f"not rollup filters: {sorted(unknown)}")
+    where: dict[str, Sequence[str]] = {**(filters or {}), "kind": [kind]}
+    if subject_ids is not None:
+        where["subject_id"] = list(subject_ids)
+    rows = _grouped(organization, start, end, where, ["subject_id"], _MEASURE_SUMS, tables=_SUBJECT_TABLE_OF)
+    if rows is None:
+        return None
+    return merge_into({}, ((key[0], RollupRow.from_sums(sums)) for key, sums in rows))
 
 
 def merge_into(result: dict[tuple[Any, ...], Any], items: Iterable[tuple[tuple[Any, ...], Any]]) -> dict:
@@ -610,8 +707,12 @@ def merge_into(result: dict[tuple[Any, ...], Any], items: Iterable[tuple[tuple[A
 
 
 _ERROR_TABLE_OF = {StepRollupHour: ErrorRollupHour, StepRollupDay: ErrorRollupDay}
+_SUBJECT_TABLE_OF = {StepRollupHour: SubjectRollupHour, StepRollupDay: SubjectRollupDay}
 # Report filter name -> errors rollup column.
 ERROR_ROLLUP_FILTERS = {**ROLLUP_FILTERS, "error_type": "error_type"}
+# Filter name -> column, for every rollup table (a name only filters the tables that have its column).
+_FILTER_COLUMNS = {**ERROR_ROLLUP_FILTERS, "kind": "kind", "subject_id": "subject_id"}
+_GROUP_COLUMNS = {*ERROR_ROLLUP_KEY, "kind", "subject_id"}
 
 
 def _grouped(
@@ -622,7 +723,7 @@ def _grouped(
     group_by: Sequence[str],
     aggregates: Sequence[tuple[str, str]],
     *,
-    errors: bool = False,
+    tables: dict[type, type] | None = None,
 ) -> list[tuple[tuple[Any, ...], Sequence[Any]]] | None:
     """(group key, aggregates) per group and segment, or None when the range is not on whole hours.
 
@@ -635,7 +736,7 @@ def _grouped(
     keys = len(group_by)
     result = []
     for model, seg_start, seg_end in segments:
-        table = _ERROR_TABLE_OF[model] if errors else model
+        table = tables[model] if tables else model  # the errors or subject table covering the same segment
         for row in _segment_rows(table, organization, seg_start, seg_end, filters, group_by, aggregates):
             if row[keys]:  # else no rows (an empty aggregate)
                 result.append((tuple(row[:keys]), row[keys:]))
@@ -656,7 +757,7 @@ def _segment_rows(
         return _segment_rows_postgres(model, organization, start, end, filters, group_by, aggregates)
     qs: QuerySet = model.objects.filter(_range_q(start, end, "bucket"), organization=organization)
     for name, values in filters.items():
-        qs = qs.filter(**{f"{ERROR_ROLLUP_FILTERS[name]}__in": list(values)})
+        qs = qs.filter(**{f"{_FILTER_COLUMNS[name]}__in": list(values)})
     functions = {"sum": Sum, "min": Min, "max": Max, "max_bytes": Max}  # SQLite compares text byte by byte
     computed = {f"a{i}": functions[kind](column) for i, (kind, column) in enumerate(aggregates)}
     if not group_by:  # values() without fields would group by every column
@@ -700,7 +801,7 @@ def _segment_rows_postgres(
     for name in group_by:
         if name in _TRUNC:
             keys.append(f"date_trunc('{name}', bucket, 'UTC')")
-        elif name in ERROR_ROLLUP_KEY:
+        elif name in _GROUP_COLUMNS:
             keys.append(f'"{name}"')
         else:
             raise ValueError(f"not a rollup dimension: {name}")
@@ -712,7 +813,7 @@ def _segment_rows_postgres(
         where.append("bucket < %s")
         params.append(end)
     for name, values in filters.items():
-        where.append(f'"{ERROR_ROLLUP_FILTERS[name]}" = ANY(%s)')
+        where.append(f'"{_FILTER_COLUMNS[name]}" = ANY(%s)')
         params.append(list(values))
     computed = _MEASURE_SUMS_SQL if aggregates is _MEASURE_SUMS else _aggregates_sql(aggregates)
     sql = f"SELECT {', '.join([*keys, computed])} FROM {model._meta.db_table} WHERE {' AND '.join(where)}"
