@@ -2,7 +2,7 @@
 
 Seeds the organization with `seed_steps` when it has fewer steps than --count (COPY), spreads the end users of the
 last 8 days' steps (what the longest window reads) over --users ids (seed_steps draws from 5,000; end users are not
-in the rollups, so nothing is rebuilt), then creates --monitors monitors (once; kept for the next run) and times
+in the rollups, so nothing is rebuilt), then creates --monitors monitors (anew each run) and times
 --cycles evaluation cycles (`monitors_evaluate`, what Celery beat runs every minute). The mix, per 1,000:
 
 - 100 split by end user (`group_by: user`): cost, tokens, steps and errors per user over 1 hour to 7 days, half of
@@ -16,7 +16,7 @@ in the rollups, so nothing is rebuilt), then creates --monitors monitors (once; 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/steplens_monitorbench \\
       .venv/bin/python bench/monitors.py --count 1000000
 
-Use a database of its own: the seeded rows and the monitors stay there for the next run. Notifications are not
+Use a database of its own: the seeded rows stay there for the next run. Notifications are not
 sent (the monitors have no targets): the cycle's own cost is what is measured.
 """
 
@@ -77,9 +77,7 @@ def _seed(name: str, count: int, users: int) -> Organization:
 
 
 def _monitors(organization: Organization, total: int, rng: random.Random) -> None:
-    have = Monitor.objects.filter(organization=organization).count()
-    if have >= total:
-        return
+    Monitor.objects.filter(organization=organization).delete()  # each run starts from the same monitors, no state
     agents = list(Agent.objects.filter(organization=organization).values_list("pk", flat=True))
     models = list(Step.objects.filter(organization=organization).values_list("model_handle", flat=True).distinct()[:50])
     providers = ["openai", "anthropic", "google"]
@@ -92,11 +90,15 @@ def _monitors(organization: Organization, total: int, rng: random.Random) -> Non
             data.setdefault("name", f"bench {data['metric']} {index}")
             monitor_create(organization=organization, data=data)
 
-    make(100, lambda i: {
-        "group_by": "user", "metric": rng.choice(["cost_usd", "total_tokens", "steps", "error_count"]),
-        "threshold": rng.choice([1, 5, 50, 500, 5000]), "window_seconds": rng.choice([3600, 86400, 7 * 86400]),
-        "min_steps": 1, **({"filters": {"agent_id": rng.choice(agents)}} if i % 2 else {}),
-    })  # fmt: skip
+    per_user = {"cost_usd": (5, 50), "total_tokens": (500_000, 5_000_000), "steps": (200, 500), "error_count": (20, 50)}
+
+    def split(i: int) -> dict:
+        metric = rng.choice(list(per_user))
+        return {"group_by": "user", "metric": metric, "threshold": rng.choice(per_user[metric]),
+                "window_seconds": rng.choice([3600, 86400, 7 * 86400]), "min_steps": 1,
+                **({"filters": {"agent_id": rng.choice(agents)}} if i % 2 else {})}  # fmt: skip
+
+    make(100, split)
     make(500, lambda i: {
         "filters": {"agent_id": agents[i % len(agents)]},
         "metric": rng.choice(["error_rate", "latency_ms_p95", "ttft_ms_p95", "cost_usd", "steps"]),

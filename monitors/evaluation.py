@@ -135,7 +135,10 @@ def _values(raw: Any) -> list[str]:
 
 
 def _fold(filters: Mapping[str, Any], group_by: str) -> tuple[str | None, str | None]:
-    """(filter name, its one value) to fold on, or (None, None)."""
+    """(filter name, its one value) to fold on, or (None, None). A split monitor is not folded: its report already
+    has a row per group, and crossing those with the folded dimension costs more than one indexed report each."""
+    if group_by:
+        return None, None
     for name, group in FOLDABLE.items():
         if group == group_by:
             continue
@@ -205,7 +208,7 @@ def run_query(query: Query, *, end: datetime) -> tuple[Window, dict[str | None, 
 
 @dataclass(slots=True)
 class GroupOutcome:
-    """A group of a split monitor whose state changed (or whose alert goes on with a new value)."""
+    """A group of a split monitor that started or stopped alerting."""
 
     group: str
     previous: str
@@ -222,7 +225,6 @@ class Outcome:
     value: float | None
     steps: int
     changes: list[GroupOutcome] = field(default_factory=list)  # split monitors: groups that changed state
-    still_alerting: list[GroupOutcome] = field(default_factory=list)  # split monitors: alerts that go on
 
 
 def evaluate_single(monitor: Monitor, rows: list[dict[str, Any]]) -> Outcome:
@@ -258,9 +260,7 @@ def evaluate_split(monitor: Monitor, rows: list[dict[str, Any]], alerting: Mappi
                 outcome.state = MonitorState.OK
         if state == MonitorState.ALERTING:
             outcome.state = MonitorState.ALERTING
-        if previous == MonitorState.ALERTING and state == MonitorState.ALERTING:
-            outcome.still_alerting.append(GroupOutcome(group, previous, state, value, steps))
-        elif previous == MonitorState.ALERTING or state == MonitorState.ALERTING:
+        if state != previous and MonitorState.ALERTING in (state, previous):
             outcome.changes.append(GroupOutcome(group, previous, state, value, steps))
     for group in alerting:
         if group not in seen:

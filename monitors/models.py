@@ -124,8 +124,8 @@ class Monitor(models.Model):
 
 
 class GroupAlert(models.Model):
-    """One alerting group of a split monitor. Only alerting groups have a row: a monitor split by end user over
-    10,000 users keeps a row per user in trouble, not per user."""
+    """One alerting group of a split monitor, with the value and steps it fired with. Only alerting groups have a
+    row: a monitor split by end user over 10,000 users keeps a row per user in trouble, not per user."""
 
     monitor = models.ForeignKey(Monitor, on_delete=models.CASCADE, related_name="group_alerts")
     group = models.CharField(max_length=200)

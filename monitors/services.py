@@ -291,22 +291,25 @@ def _record(
         setattr(monitor, name, value)
     events: list[AlertEvent] = []
     if monitor.group_by:
+        # In bulk: a split monitor's first cycle may put thousands of groups in alert. A GroupAlert keeps the value
+        # it fired with; alerts that go on are not rewritten every cycle.
+        fired, ended = [], []
         for change in outcome.changes:
             events.append(_event(monitor, window, change.previous, change.state, change.value, change.steps,
                                  group=change.group))  # fmt: skip
             if change.state == MonitorState.ALERTING:
-                GroupAlert.objects.create(monitor=monitor, group=change.group, value=change.value, steps=change.steps,
-                                          since=window.end)  # fmt: skip
+                fired.append(GroupAlert(monitor=monitor, group=change.group, value=change.value, steps=change.steps,
+                                        since=window.end))  # fmt: skip
             else:
-                GroupAlert.objects.filter(monitor=monitor, group=change.group).delete()
-        for going_on in outcome.still_alerting:
-            GroupAlert.objects.filter(monitor=monitor, group=going_on.group).update(value=going_on.value,
-                                                                                    steps=going_on.steps)  # fmt: skip
+                ended.append(change.group)
+        GroupAlert.objects.bulk_create(fired, batch_size=1000)
+        for index in range(0, len(ended), 1000):
+            GroupAlert.objects.filter(monitor=monitor, group__in=ended[index : index + 1000]).delete()
     elif changed:
         events.append(_event(monitor, window, previous_state, outcome.state, outcome.value, outcome.steps, group=None))
     if not events:
         return
-    AlertEvent.objects.bulk_create(events)
+    AlertEvent.objects.bulk_create(events, batch_size=1000)
     report.events += len(events)
     notifying = [e for e in events if MonitorState.ALERTING in (e.state, e.previous_state)]
     limit = settings.STEPLENS_MONITOR_MAX_NOTIFICATIONS_PER_CYCLE
