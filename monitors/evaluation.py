@@ -12,7 +12,7 @@ hovering at the threshold does not flap. `recovery_threshold` defaults to the th
 STEPLENS_MONITOR_RECOVERY_MARGIN (10%) of its size towards the safe side: `error_rate > 0.2` resolves at 0.18 or
 less; `steps < 100` resolves at 110 or more.
 
-**Cost.** A cycle runs one report per distinct (organization, window, split, filters) — monitors that differ
+**Cost.** A cycle runs one report per distinct (organization, window, split, filters) — unsplit monitors that differ
 only in one single-valued filter among agent_id, model_handle, model, provider and project_id share a report
 grouped by that dimension (up to 100 values per report), so a thousand per-agent monitors over the same window
 cost a handful of queries, each answering exactly what the per-agent query would.
