@@ -77,6 +77,7 @@ class ProjectAdmin(admin.ModelAdmin):
     list_filter = ["organization"]
     search_fields = ["name", "id"]
     fields = ["organization", "name"]
+    ordering = ["organization__name", "name"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> list[str]:
         return ["organization"] if obj is not None else []
