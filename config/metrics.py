@@ -172,9 +172,8 @@ def ingest_spans_accepted_record(*, accepted: int, rejected: int, reason: str = 
 
 
 def ingest_spans_rejected_record(*, rejected: int, reason: str) -> None:
-    """Spans refused, with a short stable reason (`invalid_span`, `mapping`). Not yet called by mapping: its call
-    site is traces.ingest.writer (ingest_span_groups), once per group, with the result's `rejected` and
-    reason="mapping"."""
+    """Spans refused, with a short stable reason: `invalid_span` (accept-time checks, by the ingest view) or
+    `mapping` (refused when a worker mapped the batch, by traces.services after the mapping committed)."""
     _spans_rejected.labels(reason).inc(rejected)
     _instruments().spans_rejected.add(rejected, {"reason": reason})
 
@@ -187,8 +186,7 @@ def ingest_request_rejected_record(*, reason: str) -> None:
 
 
 def ingest_spans_mapped_record(*, mapped: int) -> None:
-    """Spans a worker mapped onto runs and steps. Call site (not yet wired): traces/services.py `_finish` (or
-    traces.ingest.writer.ingest_span_groups), with the batch result's `accepted`, after the mapping committed."""
+    """Spans a worker mapped onto runs and steps; called by traces.services once the mapping has committed."""
     if mapped:
         _spans_mapped.inc(mapped)
         _instruments().spans_mapped.add(mapped)

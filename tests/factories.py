@@ -5,8 +5,7 @@ from django.utils import timezone
 
 from accounts.models import Organization, Project
 from agents.models import Agent, Run
-from steps.models import Message, Step, StepMetrics
-from traces.models import ProviderTrace
+from steps.models import Message, ProviderTrace, Step, StepMetrics
 
 
 class OrganizationFactory(factory.django.DjangoModelFactory):

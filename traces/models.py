@@ -5,9 +5,6 @@ from django.db.models import Q
 
 from accounts.models import Organization
 
-# re-export for agents/demo.py and tests/agents (not this app's files); removed once they import steps.models
-from steps.models import ProviderTrace  # noqa: F401
-
 
 class IngestBatchStatus(models.TextChoices):
     QUEUED = "queued", "Queued"

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounts.models import Organization
 from config.errors import ApplicationError
-from steps.provider_traces import ProviderTraceIn  # noqa: F401  re-export for the runner; removed once it imports steps
+from config.metrics import ingest_spans_mapped_record, ingest_spans_rejected_record
 from traces.models import PENDING_BATCH_STATUSES, IngestBatch, IngestBatchStatus
 
 if TYPE_CHECKING:
@@ -317,6 +317,19 @@ def _map_group(organization: Organization, batches: list[IngestBatch]) -> None:
         return
     for batch, result in zip(mapped, results, strict=True):
         _finish(batch, result)
+    # Counted once the mapping is durable (at once when no transaction encloses this one). The spans refused at
+    # accept time were counted by the ingest view already; mapping reports them again in `rejected`.
+    spans_mapped = sum(result.accepted for result in results)
+    refused_by_mapping = sum(
+        max(result.rejected - batch.rejected_at_accept, 0) for batch, result in zip(mapped, results, strict=True)
+    )
+
+    def count() -> None:
+        ingest_spans_mapped_record(mapped=spans_mapped)
+        if refused_by_mapping:
+            ingest_spans_rejected_record(rejected=refused_by_mapping, reason="mapping")
+
+    transaction.on_commit(count)
 
 
 def trace_batches_process(*, batch_id: int | None = None, limit: int | None = None) -> int:

@@ -64,6 +64,30 @@ def test_ingest_counts_accepted_and_rejected_spans_and_refused_requests(client, 
     assert delta("steplens_ingest_requests_rejected_total", reason="unsupported_media_type") == 1
 
 
+def test_spans_mapped_are_counted_once_the_mapping_commits(
+    client, api_client, metrics_token, django_capture_on_commit_callbacks
+):
+    from steps.models import Step
+
+    body = llm_spans_request(4).SerializeToString()
+    before = scrape(client)
+    with django_capture_on_commit_callbacks(execute=False) as pending:
+        assert api_client.generic("POST", "/v1/traces", body, content_type="application/x-protobuf").status_code == 200
+    assert pending  # the mapping is counted by a commit callback, not while its transaction may still roll back
+
+    def mapped() -> float:
+        now = scrape(client)
+        return (_value(now, "steplens_ingest_spans_mapped_total") or 0) - (
+            _value(before, "steplens_ingest_spans_mapped_total") or 0
+        )
+
+    assert mapped() == 0 and Step.objects.count() == 4  # embedded mode mapped at once; not yet counted
+    for callback in pending:
+        callback()
+    assert mapped() == 4
+    assert _value(scrape(client), "steplens_ingest_spans_rejected_total", reason="mapping") in (None, 0.0)
+
+
 def test_backlog_lag_and_pending_gauges_match_the_database(client, organization, metrics_token):
     now = timezone.now()
     for age, size in ((120, 1000), (30, 500)):
