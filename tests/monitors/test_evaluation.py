@@ -188,3 +188,20 @@ def test_changing_the_definition_starts_over_and_disabled_monitors_are_skipped()
     monitor_update(monitor=monitor, data={"enabled": False, "threshold": 0.1})
     assert monitors_evaluate().monitors == 0
     assert _state(monitor) == ("no_data", None)
+
+
+@pytest.mark.django_db
+def test_the_evaluate_monitors_command_runs_one_cycle():
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    agent = AgentFactory()
+    monitor = _monitor(agent.organization, filters={"agent_id": agent.pk})
+    _steps(agent, ok=2, failed=4)
+    out = StringIO()
+    call_command("evaluate_monitors", "--organization", agent.organization.name, stdout=out)
+    assert "1 monitors, 1 reports, 1 alert events" in out.getvalue()
+    assert _state(monitor)[0] == "alerting"
+    with pytest.raises(CommandError):
+        call_command("evaluate_monitors", "--organization", "nope", stdout=out)

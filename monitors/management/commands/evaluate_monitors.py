@@ -2,9 +2,10 @@
 
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Q
 
-from accounts.models import Organization
+from accounts.selectors import organization_list
 from monitors.services import monitors_evaluate
 
 
@@ -18,7 +19,9 @@ class Command(BaseCommand):
         organization = None
         if options["organization"]:
             wanted = options["organization"]
-            organization = Organization.objects.filter(name=wanted).first() or Organization.objects.get(pk=wanted)
+            organization = organization_list().filter(Q(name=wanted) | Q(pk=wanted)).first()
+            if organization is None:
+                raise CommandError(f"No organization named or with the id {wanted!r}.")
         report = monitors_evaluate(organization=organization)
         self.stdout.write(
             f"{report.monitors} monitors, {report.queries} reports, {report.events} alert events, "
