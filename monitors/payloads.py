@@ -22,8 +22,12 @@ def _query(filters: dict[str, Any]) -> str:
     for key, value in sorted(filters.items()):
         values = value if isinstance(value, list | tuple) else [value]
         if values:
-            flat.append((key, ",".join(str(v) for v in values)))
+            flat.append((key, ",".join(_param(v) for v in values)))
     return urlencode(flat)
+
+
+def _param(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def links(*, organization_id: str, filters: dict[str, Any]) -> dict[str, str]:

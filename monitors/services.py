@@ -56,18 +56,6 @@ _WINDOW_FILTERS = frozenset({"start", "end"})
 # --- validation -----------------------------------------------------------------------------------
 
 
-def _normalized(value: Any) -> str | list[str]:
-    if isinstance(value, list | tuple):
-        return [_scalar(item) for item in value]
-    return _scalar(value)
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def monitor_filters_clean(*, organization: Organization, filters: Mapping[str, Any]) -> dict[str, Any]:
     """The filters as stored: GET /v1/steps parameters (metadata.<key> included), validated by the same
     StepFilterSet; a bad one is a 400 naming `filters.<name>`."""
@@ -85,7 +73,7 @@ def monitor_filters_clean(*, organization: Organization, filters: Mapping[str, A
         elif isinstance(value, list) and any(isinstance(item, dict | list) or item is None for item in value):
             errors[f"filters.{name}"] = ["Must be a list of strings."]
         else:
-            cleaned[name] = _normalized(value)
+            cleaned[name] = list(value) if isinstance(value, tuple) else value  # kept as sent: PATCH can send it back
     if errors:
         raise ApplicationError("Invalid monitor.", extra=errors)
     try:

@@ -38,7 +38,9 @@ def test_create_read_update_list_delete(api_client, organization):
         10,
     )
     assert data["effective_recovery_threshold"] == pytest.approx(0.18)
-    assert data["filters"] == {"model": "gpt-4o-mini,gpt-4o", "has_feedback": "false", "metadata.tier": "gold"}
+    assert data["filters"] == {"model": "gpt-4o-mini,gpt-4o", "has_feedback": False, "metadata.tier": "gold"}
+    again = api_client.patch(f"/v1/monitors/{data['id']}", {"filters": data["filters"]}, format="json")
+    assert again.status_code == 200 and again.json()["filters"] == data["filters"]
     assert Monitor.objects.get().secret_encrypted and data["secret"] not in Monitor.objects.get().secret_encrypted
     changed = api_client.patch(f"/v1/monitors/{data['id']}", {"threshold": 0.5, "name": "renamed"}, format="json")
     assert changed.status_code == 200 and changed.json()["threshold"] == 0.5
