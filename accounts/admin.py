@@ -27,6 +27,7 @@ from accounts.services import (
     membership_set,
     project_create,
     project_rename,
+    retention_set,
 )
 from config.errors import ApplicationError
 
@@ -65,18 +66,28 @@ def _fail(request: HttpRequest, exc: ApplicationError) -> None:
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
-    list_display = ["name", "id", "created_at"]
+    list_display = ["name", "id", "retention_days", "created_at"]
     search_fields = ["name", "id"]
+
+    def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
+        days = obj.retention_days
+        if not change:
+            super().save_model(request, obj, form, change)
+            return
+        obj.retention_days = Organization.objects.get(pk=obj.pk).retention_days
+        super().save_model(request, obj, form, change)
+        if obj.retention_days != days:  # through the service, so the change is audited
+            retention_set(organization=obj, days=days, actor=actor_from_request(request))
 
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
     """Create and rename projects (through accounts.services, audited)."""
 
-    list_display = ["name", "organization", "id", "created_at"]
+    list_display = ["name", "organization", "id", "retention_days", "created_at"]
     list_filter = ["organization"]
     search_fields = ["name", "id"]
-    fields = ["organization", "name"]
+    fields = ["organization", "name", "retention_days"]
     ordering = ["organization__name", "name"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Project | None = None) -> list[str]:
@@ -85,11 +96,15 @@ class ProjectAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Project, form: Any, change: bool) -> None:
         actor = actor_from_request(request)
         if change:
-            project_rename(project=Project.objects.get(pk=obj.pk), name=obj.name, actor=actor)
+            stored = Project.objects.get(pk=obj.pk)
+            if stored.name != obj.name:
+                project_rename(project=stored, name=obj.name, actor=actor)
         else:
-            created = project_create(organization=obj.organization, name=obj.name, actor=actor)
-            obj.pk = created.pk
-            obj.created_at = created.created_at
+            stored = project_create(organization=obj.organization, name=obj.name, actor=actor)
+            obj.pk = stored.pk
+            obj.created_at = stored.created_at
+        if stored.retention_days != obj.retention_days:
+            retention_set(organization=obj.organization, project=stored, days=obj.retention_days, actor=actor)
 
     def has_delete_permission(self, request: HttpRequest, obj: Project | None = None) -> bool:
         return False  # steps keep their project; deleting data is the retention and deletion feature's job

@@ -24,6 +24,9 @@ class Organization(models.Model):
 
     id = models.CharField(primary_key=True, max_length=64, default=new_org_id, editable=False)
     name = models.CharField(max_length=200, unique=True)
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Days raw steps are kept; empty: STEPLENS_RETENTION_DAYS (empty: forever)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -36,6 +39,9 @@ class Project(models.Model):
     id = models.CharField(primary_key=True, max_length=64, default=new_project_id, editable=False)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="projects")
     name = models.CharField(max_length=200)
+    retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Days raw steps of this project are kept; empty: the organization's."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

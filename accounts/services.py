@@ -118,6 +118,31 @@ def project_rename(*, project: Project, name: str, actor: Actor = SYSTEM) -> Pro
     return project
 
 
+@transaction.atomic
+def retention_set(
+    *, organization: Organization, days: int | None, project: Project | None = None, actor: Actor = SYSTEM
+) -> Organization | Project:
+    """Set how many days raw steps are kept (None: inherit; see steps.retention), for the organization or one
+    of its projects. Audited, because a shorter retention makes the next retention run delete data."""
+    if days is not None and days < 1:
+        raise ApplicationError("Retention is at least one day.", extra={"retention_days": ["At least 1."]})
+    if project is not None and project.organization_id != organization.pk:
+        raise ApplicationError("No such project.", extra={"project": ["Not found."]}, status_code=404)
+    target: Organization | Project = project if project is not None else organization
+    before = target.retention_days
+    target.retention_days = days
+    target.save(update_fields=["retention_days"])
+    audit_record(
+        actor=actor,
+        action="retention.set",
+        organization=organization,
+        target=target,
+        before={"retention_days": before},
+        after={"retention_days": days},
+    )
+    return target
+
+
 # --- API keys ------------------------------------------------------------------------------------
 
 

@@ -408,3 +408,26 @@ class ErrorRollupDay(ErrorRollup):
                 fields=["organization", "bucket", *ERROR_ROLLUP_KEY], name="error_rollup_day_unique"
             )
         ]
+
+
+class RetentionRun(models.Model):
+    """One run of the retention task (steps.retention): when, which policies, how many rows it removed.
+
+    Kept so an operator can answer "what did retention delete, and when" without reading worker logs."""
+
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    purge_rollups = models.BooleanField(default=False, help_text="Whether rollup rows older than the cutoff went too.")
+    policies = models.JSONField(default=list, blank=True, help_text="[{organization, project, days, cutoff}, ...]")
+    steps_removed = models.BigIntegerField(default=0)
+    metrics_removed = models.BigIntegerField(default=0)
+    messages_removed = models.BigIntegerField(default=0)
+    provider_traces_removed = models.BigIntegerField(default=0)
+    runs_removed = models.BigIntegerField(default=0)
+    rollup_rows_removed = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"retention {self.started_at:%Y-%m-%d %H:%M} ({self.steps_removed} steps)"

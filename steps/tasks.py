@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from config.celery import Queue
+from steps.retention import retention_apply
 from steps.services import steps_fail_stale
 
 
@@ -14,3 +15,11 @@ def fail_stale_steps(*, older_than_seconds: int | None = None) -> int:
     """Fail steps left pending by a dead worker (scheduled by Celery beat, safe to run any time)."""
     seconds = older_than_seconds if older_than_seconds is not None else settings.STEPLENS_STALE_STEP_SECONDS
     return steps_fail_stale(older_than=timedelta(seconds=seconds))
+
+
+@shared_task(name="steps.apply_retention", queue=Queue.DEFAULT, acks_late=True)
+def apply_retention() -> int:
+    """Remove raw records older than their retention (scheduled by Celery beat); returns the steps removed.
+
+    Safe to run twice at once or after a crash: each batch deletes only rows still there."""
+    return retention_apply().steps_removed

@@ -1,4 +1,4 @@
-"""`GET /v1/audit`: the organization's audit log, newest first, for a `full` key only."""
+"""`GET /v1/audit`: the organization's audit log, newest first; `GET/PATCH /v1/retention`. A `full` key only."""
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
@@ -8,9 +8,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 import config.openapi  # noqa: F401  (registers the API key scheme with drf-spectacular)
+from accounts.audit import actor_from_request
 from accounts.authentication import request_organization
-from accounts.models import ApiKeyScope, AuditEvent
+from accounts.models import ApiKeyScope, AuditEvent, Project
 from accounts.selectors import audit_list
+from accounts.services import retention_set
+from config.errors import ApplicationError
 
 
 class AuditEventOut(serializers.ModelSerializer):
@@ -63,3 +66,74 @@ class AuditListApi(APIView):
         return Response(
             {"events": AuditEventOut(events, many=True).data, "next_before_id": events[-1].pk if more else None}
         )
+
+
+class ProjectRetentionOut(serializers.Serializer):
+    id = serializers.CharField()
+    name = serializers.CharField()
+    retention_days = serializers.IntegerField(allow_null=True)
+
+
+class RetentionOut(serializers.Serializer):
+    default_days = serializers.IntegerField(allow_null=True, help_text="STEPLENS_RETENTION_DAYS; null: forever.")
+    retention_days = serializers.IntegerField(allow_null=True, help_text="The organization's; null: the default.")
+    projects = ProjectRetentionOut(many=True, help_text="Projects with a retention of their own.")
+
+
+class RetentionIn(serializers.Serializer):
+    retention_days = serializers.IntegerField(
+        allow_null=True, min_value=1, max_value=36500, help_text="Days raw steps are kept; null: inherit."
+    )
+    project = serializers.CharField(required=False, max_length=64, help_text="Set this project's instead.")
+
+
+def _retention_body(request: Request) -> dict:
+    organization = request_organization(request)
+    projects = Project.objects.filter(organization=organization, retention_days__isnull=False).order_by("name")
+    if organization.scoped_project_id:
+        projects = projects.filter(pk=organization.scoped_project_id)
+    return {
+        "default_days": settings.STEPLENS_RETENTION_DAYS,
+        "retention_days": organization.retention_days,
+        "projects": ProjectRetentionOut(projects[: settings.STEPLENS_AUDIT_PAGE_MAX], many=True).data,
+    }
+
+
+class RetentionApi(APIView):
+    """How long raw steps are kept (README "Retention and deletion"). Needs a key of scope `full`."""
+
+    api_key_scope = ApiKeyScope.FULL
+
+    @extend_schema(operation_id="retention_get", responses={200: RetentionOut}, summary="Retention in force")
+    def get(self, request: Request) -> Response:
+        return Response(_retention_body(request))
+
+    @extend_schema(
+        operation_id="retention_set",
+        request=RetentionIn,
+        responses={200: RetentionOut},
+        summary="Set the organization's or a project's retention",
+    )
+    def patch(self, request: Request) -> Response:
+        body = RetentionIn(data=request.data)
+        body.is_valid(raise_exception=True)
+        organization = request_organization(request)
+        project = None
+        project_id = body.validated_data.get("project")
+        if organization.scoped_project_id and project_id != organization.scoped_project_id:
+            raise ApplicationError(
+                "A key limited to a project can only set that project's retention.",
+                extra={"project": ["Must be the key's project."]},
+                status_code=403,
+            )
+        if project_id is not None:
+            project = Project.objects.filter(organization=organization, pk=project_id).first()
+            if project is None:
+                raise ApplicationError("No such project.", extra={"project": ["Not found."]}, status_code=404)
+        retention_set(
+            organization=organization,
+            project=project,
+            days=body.validated_data["retention_days"],
+            actor=actor_from_request(request),
+        )
+        return Response(_retention_body(request))

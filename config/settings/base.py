@@ -228,9 +228,16 @@ STEPLENS_SWEEP_SECONDS = env.float("STEPLENS_SWEEP_SECONDS", default=15.0)
 STEPLENS_STALE_STEP_SECONDS = env.int(
     "STEPLENS_STALE_STEP_SECONDS", default=STEPLENS_RUN_SOFT_TIME_LIMIT + 60 + STEPLENS_STALE_RUN_SECONDS
 )
+# Retention (README "Retention and deletion"): raw steps older than a project's, else the organization's,
+# retention_days, else this default (unset: forever), are removed by the periodic task in batches of BATCH_SIZE
+# steps (one short transaction each); rollups are kept unless `manage.py apply_retention --rollups`.
+STEPLENS_RETENTION_DAYS = env.int("STEPLENS_RETENTION_DAYS", default=None)
+STEPLENS_RETENTION_BATCH_SIZE = env.int("STEPLENS_RETENTION_BATCH_SIZE", default=1000)
+STEPLENS_RETENTION_INTERVAL_SECONDS = env.float("STEPLENS_RETENTION_INTERVAL_SECONDS", default=3600.0)
 CELERY_BEAT_SCHEDULE = {
     "recover-stale-runs": {"task": "agents.recover_stale_runs", "schedule": STEPLENS_SWEEP_SECONDS},
     "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": STEPLENS_SWEEP_SECONDS},
+    "apply-retention": {"task": "steps.apply_retention", "schedule": STEPLENS_RETENTION_INTERVAL_SECONDS},
 }
 
 # The cache holds the rate-limit counters. CACHE_URL (e.g. redis://host:6379/1) shares them across

@@ -1,0 +1,188 @@
+"""Retention (steps.retention): old raw records go in batches, recent reports stay the same, rollups outlive them."""
+
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.models import ApiKeyScope, AuditEvent
+from accounts.services import api_key_create
+from agents.models import Run
+from steps import services
+from steps.models import (
+    Message,
+    ProviderTrace,
+    RetentionRun,
+    Step,
+    StepMetrics,
+    StepRollupDay,
+    StepRollupHour,
+)
+from steps.retention import retention_apply
+from steps.rollups import hour_of
+from steps.services import StepMetricsIn
+from steps.tasks import apply_retention
+from steps.values import Usage
+from tests.factories import AgentFactory, MessageFactory, OrganizationFactory, ProjectFactory, ProviderTraceFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def _record(organization, *, days_ago: float, now, project=None, run=None, i: int = 0) -> Step:
+    """One ended step through the real write path (which maintains the rollups), `days_ago` before `now`."""
+    agent = AgentFactory(organization=organization, project=project)
+    step = services.step_start(
+        organization=organization, agent=agent, run=run, project=project, provider_name="openai", model="gpt-4o-mini",
+        model_handle="openai/gpt-4o-mini", created_at=now - timedelta(days=days_ago), user_id=f"u-{i % 2}",
+    )  # fmt: skip
+    metrics = StepMetricsIn(ttft_ns=(60 + i) * 1_000_000, llm_request_ns=(500 + 7 * i) * 1_000_000)
+    step = services.step_finish(
+        step=step, usage=Usage(prompt_tokens=100 + i, completion_tokens=10 + i), metrics=metrics
+    )
+    MessageFactory(step=step, organization=organization)
+    ProviderTraceFactory(step=step, organization=organization)
+    return step
+
+
+def _usage(client: APIClient, *, start, end) -> dict:
+    body = client.get(
+        "/v1/usage",
+        {"group_by": "model,day", "start": start.isoformat().replace("+00:00", "Z"),
+         "end": end.isoformat().replace("+00:00", "Z")},
+    ).json()  # fmt: skip
+    return {(r["model"], r["day"]): (r["steps"], r["prompt_tokens"], r["cost_usd"]) for r in body["data"]}
+
+
+@pytest.fixture
+def now():
+    return hour_of(timezone.now())
+
+
+def test_retention_leaves_no_step_older_than_n_days_and_the_last_n_days_report_unchanged(api_client, organization, now):
+    organization.retention_days = 30
+    organization.save()
+    old_run = Run.objects.create(organization=organization, request_id="req-old")
+    Run.objects.filter(pk=old_run.pk).update(created_at=now - timedelta(days=50))
+    Message.objects.create(organization=organization, run=old_run, role="user", sequence_id=1, content=[])
+    old = [_record(organization, days_ago=d, now=now, run=old_run if d == 50 else None, i=d) for d in (50, 45, 31)]
+    recent = [_record(organization, days_ago=d, now=now, i=d) for d in (29, 10, 1)]
+    recent_run = Run.objects.create(organization=organization, request_id="req-new")
+    other = OrganizationFactory()  # no retention anywhere: untouched
+    other_old = _record(other, days_ago=400, now=now)
+    window = {"start": now - timedelta(days=30), "end": now}
+    before = _usage(api_client, **window)
+    old_window = {"start": now - timedelta(days=60), "end": now - timedelta(days=30)}
+    old_report = _usage(api_client, **old_window)
+    assert sum(v[0] for v in old_report.values()) == 3
+
+    run = retention_apply(now=now, batch_size=2)
+
+    assert not Step.objects.filter(organization=organization, created_at__lt=now - timedelta(days=30)).exists()
+    assert set(Step.objects.filter(organization=organization).values_list("pk", flat=True)) == {s.pk for s in recent}
+    assert Step.objects.filter(pk=other_old.pk).exists()
+    assert not StepMetrics.objects.filter(step_id__in=[s.pk for s in old]).exists()
+    assert not Message.objects.filter(step_id__in=[s.pk for s in old]).exists()
+    assert not ProviderTrace.objects.filter(step_id__in=[s.pk for s in old]).exists()
+    assert not Run.objects.filter(pk=old_run.pk).exists()  # left empty by retention, with its own message
+    assert Run.objects.filter(pk=recent_run.pk).exists()  # empty but recent: still running, perhaps
+    assert _usage(api_client, **window) == before
+    # Rollups outlive the raw rows by default: last month's report still adds up.
+    assert _usage(api_client, **old_window) == old_report
+    stored = RetentionRun.objects.get(pk=run.pk)
+    assert (stored.steps_removed, stored.metrics_removed, stored.provider_traces_removed, stored.runs_removed) == (
+        3, 3, 3, 1,
+    )  # fmt: skip
+    assert stored.messages_removed == 4
+    assert stored.finished_at is not None
+    assert stored.policies == [
+        {"organization": organization.pk, "project": None, "days": 30, "cutoff": (now - timedelta(days=30)).isoformat()}
+    ]
+
+    again = retention_apply(now=now)  # twice is harmless
+    assert again.steps_removed == 0
+    assert Step.objects.filter(organization=organization).count() == 3
+
+
+def test_a_projects_retention_overrides_the_organizations_and_the_default_applies_to_the_rest(now):
+    short = ProjectFactory(retention_days=5)
+    organization = short.organization
+    long = ProjectFactory(organization=organization, retention_days=100)
+    plain = ProjectFactory(organization=organization)
+    steps = {
+        "short_old": _record(organization, days_ago=6, now=now, project=short),
+        "short_new": _record(organization, days_ago=4, now=now, project=short),
+        "long_kept": _record(organization, days_ago=50, now=now, project=long),
+        "long_old": _record(organization, days_ago=101, now=now, project=long),
+        "plain_old": _record(organization, days_ago=21, now=now, project=plain),
+        "plain_new": _record(organization, days_ago=19, now=now, project=plain),
+        "none_old": _record(organization, days_ago=21, now=now),
+    }
+    other = OrganizationFactory()
+    other_old = _record(other, days_ago=21, now=now)
+    other_new = _record(other, days_ago=2, now=now)
+
+    with override_settings(STEPLENS_RETENTION_DAYS=20):
+        apply_retention()  # the Celery task, at the real now: same days
+
+    left = set(Step.objects.values_list("pk", flat=True))
+    assert left == {steps["short_new"].pk, steps["long_kept"].pk, steps["plain_new"].pk, other_new.pk}
+    assert other_old.pk not in left
+
+
+def test_apply_retention_command_with_rollups_purges_old_rollup_rows_too(organization, now):
+    organization.retention_days = 10
+    organization.save()
+    _record(organization, days_ago=40, now=now)
+    _record(organization, days_ago=2, now=now)
+    cutoff = now - timedelta(days=10)
+    assert StepRollupHour.objects.filter(organization=organization, bucket__lt=cutoff).exists()
+
+    call_command("apply_retention")
+    assert StepRollupHour.objects.filter(organization=organization, bucket__lt=cutoff).exists()  # kept by default
+
+    call_command("apply_retention", "--rollups")
+    assert not StepRollupHour.objects.filter(organization=organization, bucket__lt=hour_of(cutoff)).exists()
+    assert not StepRollupDay.objects.filter(organization=organization, bucket__lt=cutoff - timedelta(days=1)).exists()
+    assert StepRollupHour.objects.filter(organization=organization, bucket__gte=cutoff).count() == 1
+    assert RetentionRun.objects.latest("pk").rollup_rows_removed > 0
+
+
+def test_retention_api_reads_and_sets_the_organizations_and_a_projects_days(api_client, organization):
+    project = ProjectFactory(organization=organization)
+    body = api_client.get("/v1/retention").json()
+    assert body == {"default_days": None, "retention_days": None, "projects": []}
+
+    body = api_client.patch("/v1/retention", {"retention_days": 30}, format="json").json()
+    assert body["retention_days"] == 30
+    body = api_client.patch("/v1/retention", {"retention_days": 7, "project": project.pk}, format="json").json()
+    assert body["projects"] == [{"id": project.pk, "name": project.name, "retention_days": 7}]
+    organization.refresh_from_db()
+    project.refresh_from_db()
+    assert (organization.retention_days, project.retention_days) == (30, 7)
+    assert AuditEvent.objects.filter(organization=organization, action="retention.set").count() == 2
+
+    body = api_client.patch("/v1/retention", {"retention_days": None}, format="json").json()
+    assert body["retention_days"] is None
+
+
+def test_retention_api_refuses_bad_days_other_organizations_projects_and_weaker_keys(api_client, organization):
+    response = api_client.patch("/v1/retention", {"retention_days": 0}, format="json")
+    assert response.status_code == 400
+    assert "retention_days" in response.json()["fields"]
+
+    foreign = ProjectFactory()
+    response = api_client.patch("/v1/retention", {"retention_days": 3, "project": foreign.pk}, format="json")
+    assert response.status_code == 404
+    assert response.json()["error"]
+    foreign.refresh_from_db()
+    assert foreign.retention_days is None
+
+    _, read_key = api_key_create(organization=organization, scope=ApiKeyScope.READ)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_key}")
+    assert client.patch("/v1/retention", {"retention_days": 3}, format="json").status_code == 403
+    organization.refresh_from_db()
+    assert organization.retention_days is None
