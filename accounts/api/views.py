@@ -1,4 +1,4 @@
-"""`GET /v1/audit`: the organization's audit log, newest first; `GET/PATCH /v1/retention`. A `full` key only."""
+"""`GET /v1/audit` (a `full` key only): the organization's audit log, newest first; `GET/PATCH /v1/retention`."""
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
@@ -100,9 +100,8 @@ def _retention_body(request: Request) -> dict:
 
 
 class RetentionApi(APIView):
-    """How long raw steps are kept (README "Retention and deletion"). Needs a key of scope `full`."""
-
-    api_key_scope = ApiKeyScope.FULL
+    """How long raw steps are kept (README "Retention and deletion"): any reading key reads it, a `full` key
+    (the default rule for unsafe methods) sets it."""
 
     @extend_schema(operation_id="retention_get", responses={200: RetentionOut}, summary="Retention in force")
     def get(self, request: Request) -> Response:
