@@ -69,6 +69,10 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_display = ["name", "id", "retention_days", "created_at"]
     search_fields = ["name", "id"]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Organization | None = None) -> list[str]:
+        # Owners and admins set the retention; the name is the superusers' (it names the tenant everywhere).
+        return [] if request.user.is_superuser else ["name"]
+
     def save_model(self, request: HttpRequest, obj: Organization, form: Any, change: bool) -> None:
         days = obj.retention_days
         if not change:

@@ -57,7 +57,8 @@ def permission_capability(perm: str) -> Capability | None:
     if app_label not in MEMBER_APPS or action not in ("view", "add", "change", "delete"):
         return None
     if f"{app_label}.{model}" == "accounts.organization":
-        return Capability.VIEW if action == "view" else None  # organizations are made and renamed by superusers
+        # Owners and admins set their organization's retention; superusers make, rename and delete organizations.
+        return {"view": Capability.VIEW, "change": Capability.MANAGE}.get(action)
     if action == "view":
         return Capability.MANAGE if f"{app_label}.{model}" in MANAGE_VIEW_MODELS else Capability.VIEW
     if perm in ANNOTATE_WRITES:

@@ -514,3 +514,18 @@ def test_the_role_menu_offers_only_grantable_roles(teams):
     owner_form = client_for(teams, "owner").get(reverse("admin:accounts_invitation_add")).content.decode()
     assert 'value="owner"' not in admin_form and 'value="admin"' in admin_form
     assert 'value="owner"' in owner_form
+
+
+def test_owners_and_admins_set_their_organizations_retention_and_not_its_name(teams):
+    organization = teams.a.organization
+    url = reverse("admin:accounts_organization_change", args=[organization.pk])
+    response = client_for(teams, "admin").post(url, {"name": "renamed", "retention_days": "30"})
+    assert response.status_code == 302
+    organization.refresh_from_db()
+    assert organization.retention_days == 30 and organization.name == "alpha"
+    event = AuditEvent.objects.get(action="retention.set", organization=organization)
+    assert event.actor == "admin" and event.after == {"retention_days": 30}
+    assert client_for(teams, "member").post(url, {"retention_days": "1"}).status_code == 403
+    assert client_for(teams, "other").post(url, {"retention_days": "1"}).status_code == 404
+    organization.refresh_from_db()
+    assert organization.retention_days == 30
