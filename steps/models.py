@@ -431,3 +431,41 @@ class RetentionRun(models.Model):
 
     def __str__(self) -> str:
         return f"retention {self.started_at:%Y-%m-%d %H:%M} ({self.steps_removed} steps)"
+
+
+class DeletionStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+def new_deletion_id() -> str:
+    return f"deletion-{uuid.uuid4()}"
+
+
+class DeletionJob(models.Model):
+    """A deletion of the steps matching a filter (steps.deletion), resumable: `cursor` is the greatest step id
+    already handled, and each batch moves it in the same transaction that deletes the rows and subtracts them
+    from the rollups, so a crashed worker's job goes on where it stopped and nothing is subtracted twice."""
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_deletion_id, editable=False)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="deletion_jobs")
+    filters = models.JSONField(default=dict, help_text="The GET /v1/steps filters, {name: [values]}.")
+    project_scope = models.CharField(max_length=64, blank=True, default="", help_text="The key's project, if any.")
+    status = models.CharField(max_length=16, choices=DeletionStatus.choices, default=DeletionStatus.PENDING)
+    cursor = models.CharField(max_length=64, blank=True, default="", help_text="Greatest step id handled.")
+    steps_total = models.BigIntegerField(default=0, help_text="Steps matching when the job was created.")
+    steps_deleted = models.BigIntegerField(default=0)
+    messages_deleted = models.BigIntegerField(default=0)
+    provider_traces_deleted = models.BigIntegerField(default=0)
+    runs_deleted = models.BigIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.id

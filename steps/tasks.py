@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from config.celery import Queue
+from steps.deletion import deletion_run
 from steps.retention import retention_apply
 from steps.services import steps_fail_stale
 
@@ -23,3 +24,9 @@ def apply_retention() -> int:
 
     Safe to run twice at once or after a crash: each batch deletes only rows still there."""
     return retention_apply().steps_removed
+
+
+@shared_task(name="steps.run_deletion", queue=Queue.DEFAULT, acks_late=True)
+def run_deletion(job_id: str) -> int:
+    """Run (or resume, when the broker redelivers it after a worker died) a deletion job; returns steps deleted."""
+    return deletion_run(job_id=job_id).steps_deleted

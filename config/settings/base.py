@@ -234,6 +234,8 @@ STEPLENS_STALE_STEP_SECONDS = env.int(
 STEPLENS_RETENTION_DAYS = env.int("STEPLENS_RETENTION_DAYS", default=None)
 STEPLENS_RETENTION_BATCH_SIZE = env.int("STEPLENS_RETENTION_BATCH_SIZE", default=1000)
 STEPLENS_RETENTION_INTERVAL_SECONDS = env.float("STEPLENS_RETENTION_INTERVAL_SECONDS", default=3600.0)
+# Deletion jobs (DELETE /v1/steps): steps deleted, and subtracted from the rollups, per transaction.
+STEPLENS_DELETION_BATCH_SIZE = env.int("STEPLENS_DELETION_BATCH_SIZE", default=500)
 CELERY_BEAT_SCHEDULE = {
     "recover-stale-runs": {"task": "agents.recover_stale_runs", "schedule": STEPLENS_SWEEP_SECONDS},
     "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": STEPLENS_SWEEP_SECONDS},

@@ -4,6 +4,7 @@ from steps.api import views
 
 urlpatterns = [
     path("steps", views.StepListApi.as_view(), name="step-list"),
+    path("deletions/<str:deletion_id>", views.DeletionDetailApi.as_view(), name="deletion-detail"),
     path("steps/<str:step_id>", views.StepDetailApi.as_view(), name="step-detail"),
     path("steps/<str:step_id>/messages", views.StepMessagesApi.as_view(), name="step-messages"),
     path("steps/<str:step_id>/metrics", views.StepMetricsApi.as_view(), name="step-metrics"),

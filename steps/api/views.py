@@ -6,6 +6,7 @@ Views are thin: they validate parameters, call one selector or report, and seria
 from typing import Any
 
 import django_filters
+from django.db import transaction
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -20,6 +21,7 @@ from accounts.authentication import request_organization
 from config.errors import ApplicationError
 from steps.api import serializers as s
 from steps.api.renderers import CSVRenderer
+from steps.deletion import deletion_create, deletion_get, deletion_progress
 from steps.filters import (
     MAX_FILTER_NUMBER,
     MAX_FILTER_VALUES,
@@ -30,6 +32,7 @@ from steps.filters import (
     is_filter_param,
     multi_value_pattern,
 )
+from steps.models import DeletionJob, DeletionStatus
 from steps.rendering import render_messages
 from steps.reports import ERROR_GROUPS, USAGE_GROUPS, Report, errors_report, group_by_pattern, usage_report
 from steps.selectors import (
@@ -43,6 +46,7 @@ from steps.selectors import (
     step_metrics_get,
 )
 from steps.services import step_set_feedback
+from steps.tasks import run_deletion
 
 _PAGING = {"limit", "order", "cursor"}
 
@@ -96,6 +100,25 @@ def _page_response(page: Any, data: list[Any]) -> Response:
     return Response({"data": data, "next_cursor": page.next_cursor, "has_more": page.has_more})
 
 
+class DeletionJobOut(serializers.Serializer):
+    id = serializers.CharField()
+    status = serializers.ChoiceField(choices=DeletionStatus.values)
+    filters = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    steps_total = serializers.IntegerField(help_text="Steps matching when the job started.")
+    steps_deleted = serializers.IntegerField()
+    messages_deleted = serializers.IntegerField()
+    provider_traces_deleted = serializers.IntegerField()
+    runs_deleted = serializers.IntegerField()
+    progress = serializers.FloatField(help_text="0 to 1.")
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+def _deletion_data(job: DeletionJob) -> dict[str, Any]:
+    fields = [f for f in DeletionJobOut().fields if f != "progress"]
+    return DeletionJobOut({**{f: getattr(job, f) for f in fields}, "progress": deletion_progress(job)}).data
+
+
 class StepListApi(APIView):
     """Steps of the key's organization, filtered, newest first, cursor paginated."""
 
@@ -112,6 +135,27 @@ class StepListApi(APIView):
             limit=params["limit"], cursor=params.get("cursor") or None,
         )  # fmt: skip
         return _page_response(page, s.steps_data(page.items))
+
+    @extend_schema(
+        operation_id="steps_delete",
+        parameters=FILTER_PARAMETERS,
+        request=None,
+        responses={202: DeletionJobOut},
+        summary="Start deleting the steps matching the filters (at least one); a full key only",
+    )
+    def delete(self, request: Request) -> Response:
+        _check_params(request, allowed=set(), filters=True)
+        job = deletion_create(organization=request_organization(request), params=request.query_params)
+        transaction.on_commit(lambda: run_deletion.delay(job.pk))
+        return Response(_deletion_data(job), status=202)
+
+
+class DeletionDetailApi(APIView):
+    """A deletion job: its status, counts and progress."""
+
+    @extend_schema(operation_id="deletions_retrieve", responses=DeletionJobOut, summary="A deletion job")
+    def get(self, request: Request, deletion_id: str) -> Response:
+        return Response(_deletion_data(deletion_get(organization=request_organization(request), job_id=deletion_id)))
 
 
 class StepDetailApi(APIView):

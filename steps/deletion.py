@@ -1,0 +1,184 @@
+"""Deletion of the steps matching a filter: their metrics, messages, provider traces, the runs left empty, and
+what they added to every rollup.
+
+A job (DeletionJob) walks the matching steps in id order, STEPLENS_DELETION_BATCH_SIZE at a time. Each batch is
+one transaction that locks the steps, deletes them (their children cascade), subtracts them from the rollups and
+moves the job's cursor: a worker that dies mid-batch leaves nothing half done, and running the job again (or
+twice at once) finds only the steps still there.
+
+Rollups: the usage and subject rollups get the deleted steps' own rows (steps.rollups: usage_rows,
+subject_rows, the recording path's rules) with the sign turned, and rows left with no step are removed. The
+errors rollups keep a first/last seen time and an example step id that cannot be subtracted, so for every day a
+deleted failed step fell in they are recomputed from the steps left (errors are few, so this reads little).
+"""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
+from django.http import QueryDict
+from django.utils import timezone
+
+from accounts.models import Organization
+from agents.models import Run
+from config.errors import ApplicationError
+from steps.filters import is_filter_param
+from steps.models import (
+    DeletionJob,
+    DeletionStatus,
+    ErrorRollupDay,
+    ErrorRollupHour,
+    Message,
+    ProviderTrace,
+    Step,
+    StepRollupDay,
+    StepRollupHour,
+    SubjectRollupDay,
+    SubjectRollupHour,
+)
+from steps.rollups import (
+    MEASURE_COLUMNS,
+    _multi_row_upsert,
+    _rebuild_errors,
+    _upsert_sql,
+    day_of,
+    hour_of,
+    step_is_error,
+    subject_rows,
+    usage_rows,
+)
+from steps.selectors import step_queryset
+
+# The rollups a step's measures are summed into: table, bucket, the recording path's row rule.
+_MEASURED = (
+    (StepRollupHour, hour_of, usage_rows),
+    (StepRollupDay, day_of, usage_rows),
+    (SubjectRollupHour, hour_of, subject_rows),
+    (SubjectRollupDay, day_of, subject_rows),
+)
+
+
+def _filters_of(params: QueryDict | dict[str, Any]) -> dict[str, list[str]]:
+    """The step filters among `params`, non-empty values only, as {name: [values]}."""
+    out: dict[str, list[str]] = {}
+    for name in params:
+        if is_filter_param(name):
+            raw = params.getlist(name) if isinstance(params, QueryDict) else params[name]
+            values = [str(v) for v in (raw if isinstance(raw, list) else [raw]) if str(v) != ""]
+            if values:
+                out[name] = values
+    return out
+
+
+def _matching(job: DeletionJob) -> Any:
+    organization = Organization.objects.get(pk=job.organization_id)
+    organization.scoped_project_id = job.project_scope or None
+    params = QueryDict(mutable=True)
+    for name, values in job.filters.items():
+        params.setlist(name, values)
+    return step_queryset(organization=organization, filters=params)
+
+
+@transaction.atomic
+def deletion_create(*, organization: Organization, params: QueryDict | dict[str, Any]) -> DeletionJob:
+    """Start deleting `organization`'s steps matching the GET /v1/steps filters in `params` (invalid: 400).
+
+    At least one filter is required: an empty filter would match every step of the organization."""
+    filters = _filters_of(params)
+    if not filters:
+        raise ApplicationError(
+            "A deletion needs at least one step filter (e.g. user_id, run_id, request_id, trace_id, project_id).",
+            extra={"filter": ["At least one filter of GET /v1/steps is required."]},
+        )
+    job = DeletionJob(organization=organization, filters=filters, project_scope=organization.scoped_project_id or "")
+    job.steps_total = _matching(job).count()  # validates the filters too (400 naming the field)
+    job.save()
+    return job
+
+
+def _subtract_rollups(steps: list[Step]) -> None:
+    """Take `steps` (locked, about to be deleted) out of every rollup."""
+    for model, bucket_of_step, rows_of in _MEASURED:
+        rows = rows_of(steps, bucket_of_step)
+        if not rows:
+            continue
+        for row in rows:
+            for name in MEASURE_COLUMNS:
+                row[name] = -row[name]
+        sql, columns = _upsert_sql(model)
+        with connection.cursor() as cursor:
+            cursor.execute(*_multi_row_upsert(model, columns, sql, rows))
+        by_org: dict[str, set[datetime]] = {}
+        for row in rows:
+            by_org.setdefault(row["organization_id"], set()).add(row["bucket"])
+        for organization_id, buckets in by_org.items():
+            model.objects.filter(organization_id=organization_id, bucket__in=buckets, steps__lte=0).delete()
+
+
+def _recompute_errors(organization_id: str, days: set[datetime]) -> None:
+    """The errors rollups of `days`, again from the steps left (after the failed steps of those days went)."""
+    organization = Organization.objects.get(pk=organization_id)
+    for day in sorted(days):
+        end = day + timedelta(days=1)
+        for model in (ErrorRollupHour, ErrorRollupDay):
+            model.objects.filter(organization_id=organization_id, bucket__gte=day, bucket__lt=end).delete()
+        _rebuild_errors(organization=organization, start=day, end=end)
+
+
+def _batch(job: DeletionJob, batch_size: int) -> bool:
+    """Delete the next batch; False when there is none left."""
+    with transaction.atomic():
+        job = DeletionJob.objects.select_for_update().get(pk=job.pk)
+        if job.status == DeletionStatus.SUCCEEDED:
+            return False
+        queryset = _matching(job)
+        if job.cursor:
+            queryset = queryset.filter(pk__gt=job.cursor)
+        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch_size])
+        if not ids:
+            job.status = DeletionStatus.SUCCEEDED
+            job.finished_at = timezone.now()
+            job.save(update_fields=["status", "finished_at"])
+            return False
+        steps = list(Step.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
+        _subtract_rollups(steps)
+        run_ids = {s.run_id for s in steps if s.run_id}
+        _, counts = Step.objects.filter(pk__in=[s.pk for s in steps]).delete()
+        error_days = {day_of(s.created_at) for s in steps if step_is_error(s)}
+        if error_days:
+            _recompute_errors(job.organization_id, error_days)
+        empty = Run.objects.filter(pk__in=run_ids).filter(~Exists(Step.objects.filter(run_id=OuterRef("pk"))))
+        _, run_counts = empty.delete()
+        job.cursor = ids[-1]
+        job.status = DeletionStatus.RUNNING
+        job.steps_deleted += counts.get(Step._meta.label, 0)
+        job.messages_deleted += counts.get(Message._meta.label, 0) + run_counts.get(Message._meta.label, 0)
+        job.provider_traces_deleted += counts.get(ProviderTrace._meta.label, 0)
+        job.runs_deleted += run_counts.get(Run._meta.label, 0)
+        job.save()
+        return True
+
+
+def deletion_run(*, job_id: str, batch_size: int | None = None) -> DeletionJob:
+    """Run (or resume) a deletion job to the end; safe to call again after a crash or when it already ended."""
+    batch_size = batch_size or settings.STEPLENS_DELETION_BATCH_SIZE
+    job = DeletionJob.objects.get(pk=job_id)
+    while _batch(job, batch_size):
+        pass
+    return DeletionJob.objects.get(pk=job_id)
+
+
+def deletion_get(*, organization: Organization, job_id: str) -> DeletionJob:
+    job = DeletionJob.objects.filter(organization=organization, pk=job_id).first()
+    if job is None:
+        raise ApplicationError("Deletion not found.", extra={"id": ["Not found."]}, status_code=404)
+    return job
+
+
+def deletion_progress(job: DeletionJob) -> float:
+    """The share of the steps matching at the start that are gone (1.0 once the job succeeded)."""
+    if job.status == DeletionStatus.SUCCEEDED:
+        return 1.0
+    return round(min(1.0, job.steps_deleted / job.steps_total), 4) if job.steps_total else 0.0
