@@ -17,7 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 import config.openapi  # noqa: F401  (registers the API key scheme with drf-spectacular)
+from accounts.audit import actor_from_request
 from accounts.authentication import request_organization
+from accounts.services import audit_record
 from config.errors import ApplicationError
 from steps.api import serializers as s
 from steps.api.renderers import CSVRenderer
@@ -146,6 +148,13 @@ class StepListApi(APIView):
     def delete(self, request: Request) -> Response:
         _check_params(request, allowed=set(), filters=True)
         job = deletion_create(organization=request_organization(request), params=request.query_params)
+        audit_record(
+            actor=actor_from_request(request),
+            action="deletion.start",
+            organization=job.organization_id,
+            target=job,
+            after={"filters": {key: request.query_params.getlist(key) for key in request.query_params}},
+        )
         transaction.on_commit(lambda: run_deletion.delay(job.pk))
         return Response(_deletion_data(job), status=202)
 

@@ -214,3 +214,13 @@ def test_deleting_an_agent_through_the_api_is_audited_with_the_key(world):
     event = AuditEvent.objects.get(action="agent.delete", target_id=agent_id)
     assert event.organization == world["organization"] and event.actor.startswith("key sl-")
     assert event.actor_api_key is not None and event.before == {"name": "agent-mine"}
+
+
+def test_starting_a_deletion_is_audited_with_its_filters(world, django_capture_on_commit_callbacks):
+    client = _client(world["keys"]["full"])
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.delete(f"/v1/steps?request_id={world['ids']['mine']['request_id']}")
+    assert response.status_code == 202, response.content
+    event = AuditEvent.objects.get(action="deletion.start")
+    assert event.organization == world["organization"] and event.actor.startswith("key sl-")
+    assert event.after == {"filters": {"request_id": [world["ids"]["mine"]["request_id"]]}}
