@@ -33,6 +33,7 @@ from console.changelist import (
     StopReasonFilter,
     TagsFilter,
 )
+from console.deletions import steps_delete_matching_view
 from console.monitors import install_monitor_urls
 from console.scoping import (
     OrganizationScopedAdmin,
@@ -160,6 +161,11 @@ class StepConsoleAdmin(OrganizationScopedAdmin, StepAdmin):
     def get_urls(self) -> list:
         return [
             path(
+                "delete-matching/",
+                self.admin_site.admin_view(lambda request: steps_delete_matching_view(self, request)),
+                name="steps_step_delete_matching",
+            ),
+            path(
                 "<path:object_id>/feedback/",
                 self.admin_site.admin_view(lambda request, object_id: step_feedback_view(self, request, object_id)),
                 name="steps_step_feedback",
@@ -186,6 +192,7 @@ class StepConsoleAdmin(OrganizationScopedAdmin, StepAdmin):
             **(extra_context or {}),
             "dashboard_url": reverse("admin:dashboard"),
             "errors_url": reverse("admin:errors"),
+            "delete_matching_url": f"{reverse('admin:steps_step_delete_matching')}?{request.GET.urlencode()}",
         }
         return super().changelist_view(request, extra_context)
 
