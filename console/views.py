@@ -20,8 +20,9 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Model
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import render
-from django.urls import path, reverse
+from django.urls import path, re_path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.generic import RedirectView
 
 from accounts.audit import actor_from_request
 from accounts.models import Organization
@@ -537,6 +538,11 @@ def install_admin_urls(site: admin.AdminSite) -> None:
             path("system/", site.admin_view(system_view), name="system"),
             path("organization/switch/", site.admin_view(switch_organization_view), name="switch_organization"),
             path("invitation/<str:token>/", invitation_accept_view, name="invitation_accept"),
+            # Provider traces moved from the traces app to steps (issue 12): old bookmarks and links still land.
+            re_path(
+                r"^traces/providertrace/(?P<rest>.*)$",
+                RedirectView.as_view(url="/admin/steps/providertrace/%(rest)s", permanent=True, query_string=True),
+            ),
             *original(),
         ]
 

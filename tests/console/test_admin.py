@@ -39,6 +39,17 @@ def test_index_links_to_the_dashboard_and_the_errors_page(admin_client):
     assert 'href="/admin/dashboard/"' in html and 'href="/admin/errors/"' in html
 
 
+def test_provider_trace_pages_moved_to_steps_and_their_old_urls_redirect(admin_client, data):
+    from steps.models import ProviderTrace
+
+    trace = ProviderTrace.objects.filter(step__organization=data.organization).first()
+    old = admin_client.get(f"/admin/traces/providertrace/{trace.pk}/change/?_changelist_filters=x%3D1")
+    assert old.status_code == 301
+    assert old["Location"] == f"/admin/steps/providertrace/{trace.pk}/change/?_changelist_filters=x%3D1"
+    assert admin_client.get(old["Location"]).status_code == 200
+    assert admin_client.get("/admin/traces/providertrace/")["Location"] == "/admin/steps/providertrace/"
+
+
 def test_admin_pages_need_a_staff_login(client):
     for url in ("/admin/dashboard/", "/admin/errors/", CHANGELIST):
         response = client.get(url)
