@@ -153,6 +153,7 @@ def _batch(job: DeletionJob, batch_size: int) -> bool:
         _, run_counts = empty.delete()
         job.cursor = ids[-1]
         job.status = DeletionStatus.RUNNING
+        job.error = ""
         job.steps_deleted += counts.get(Step._meta.label, 0)
         job.messages_deleted += counts.get(Message._meta.label, 0) + run_counts.get(Message._meta.label, 0)
         job.provider_traces_deleted += counts.get(ProviderTrace._meta.label, 0)
@@ -165,8 +166,13 @@ def deletion_run(*, job_id: str, batch_size: int | None = None) -> DeletionJob:
     """Run (or resume) a deletion job to the end; safe to call again after a crash or when it already ended."""
     batch_size = batch_size or settings.STEPLENS_DELETION_BATCH_SIZE
     job = DeletionJob.objects.get(pk=job_id)
-    while _batch(job, batch_size):
-        pass
+    try:
+        while _batch(job, batch_size):
+            pass
+    except Exception as exc:
+        # The batch that raised rolled back whole; `failed` tells whoever looks, and running the job again resumes.
+        DeletionJob.objects.filter(pk=job_id).update(status=DeletionStatus.FAILED, error=type(exc).__name__)
+        raise
     return DeletionJob.objects.get(pk=job_id)
 
 

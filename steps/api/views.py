@@ -112,6 +112,7 @@ class DeletionJobOut(serializers.Serializer):
     provider_traces_deleted = serializers.IntegerField()
     runs_deleted = serializers.IntegerField()
     progress = serializers.FloatField(help_text="0 to 1.")
+    error = serializers.CharField(help_text="Why the last attempt stopped (status failed; running it again resumes).")
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 

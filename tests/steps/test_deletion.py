@@ -155,7 +155,7 @@ def test_a_job_resumes_after_a_crash_mid_way(organization, world, monkeypatch):
     with pytest.raises(RuntimeError):
         deletion.deletion_run(job_id=job.pk, batch_size=2)
     half = DeletionJob.objects.get(pk=job.pk)
-    assert half.status == DeletionStatus.RUNNING
+    assert (half.status, half.error) == (DeletionStatus.FAILED, "RuntimeError")
     assert half.steps_deleted == 4  # two whole batches; the crashed one rolled back entirely
     assert Step.objects.filter(organization=organization, model="m-0").count() == 12 - 4
     _assert_usage_equals_the_steps(organization)  # consistent mid-way too
@@ -163,7 +163,7 @@ def test_a_job_resumes_after_a_crash_mid_way(organization, world, monkeypatch):
     monkeypatch.setattr(deletion, "_subtract_rollups", real)
     done = deletion.deletion_run(job_id=job.pk, batch_size=2)
     assert done.status == DeletionStatus.SUCCEEDED
-    assert done.steps_deleted == 12
+    assert (done.steps_deleted, done.error) == (12, "")
     assert not Step.objects.filter(organization=organization, model="m-0").exists()
     _assert_usage_equals_the_steps(organization)
     _assert_rollups_equal_a_rebuild(organization)
