@@ -60,6 +60,10 @@ _MEASURED = (
 )
 
 
+# Filter parameters that only change how another filter matches: alone they would match every step.
+_MODIFIERS = {"tags_match"}
+
+
 def _filters_of(params: QueryDict | dict[str, Any]) -> dict[str, list[str]]:
     """The step filters among `params`, non-empty values only, as {name: [values]}."""
     out: dict[str, list[str]] = {}
@@ -87,7 +91,7 @@ def deletion_create(*, organization: Organization, params: QueryDict | dict[str,
 
     At least one filter is required: an empty filter would match every step of the organization."""
     filters = _filters_of(params)
-    if not filters:
+    if not set(filters) - _MODIFIERS:
         raise ApplicationError(
             "A deletion needs at least one step filter (e.g. user_id, run_id, request_id, trace_id, project_id).",
             extra={"filter": ["At least one filter of GET /v1/steps is required."]},

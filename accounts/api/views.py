@@ -1,4 +1,4 @@
-"""`GET /v1/audit` (a `full` key only): the organization's audit log, newest first; `GET/PATCH /v1/retention`."""
+"""`GET /v1/audit` (a `full` key only): the organization's audit log, newest first; `GET/PUT /v1/retention`."""
 
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
@@ -112,8 +112,9 @@ class RetentionApi(APIView):
         request=RetentionIn,
         responses={200: RetentionOut},
         summary="Set the organization's or a project's retention",
+        extensions={"x-error-statuses": [404]},
     )
-    def patch(self, request: Request) -> Response:
+    def put(self, request: Request) -> Response:
         body = RetentionIn(data=request.data)
         body.is_valid(raise_exception=True)
         organization = request_organization(request)

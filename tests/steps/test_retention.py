@@ -155,26 +155,26 @@ def test_retention_api_reads_and_sets_the_organizations_and_a_projects_days(api_
     body = api_client.get("/v1/retention").json()
     assert body == {"default_days": None, "retention_days": None, "projects": []}
 
-    body = api_client.patch("/v1/retention", {"retention_days": 30}, format="json").json()
+    body = api_client.put("/v1/retention", {"retention_days": 30}, format="json").json()
     assert body["retention_days"] == 30
-    body = api_client.patch("/v1/retention", {"retention_days": 7, "project": project.pk}, format="json").json()
+    body = api_client.put("/v1/retention", {"retention_days": 7, "project": project.pk}, format="json").json()
     assert body["projects"] == [{"id": project.pk, "name": project.name, "retention_days": 7}]
     organization.refresh_from_db()
     project.refresh_from_db()
     assert (organization.retention_days, project.retention_days) == (30, 7)
     assert AuditEvent.objects.filter(organization=organization, action="retention.set").count() == 2
 
-    body = api_client.patch("/v1/retention", {"retention_days": None}, format="json").json()
+    body = api_client.put("/v1/retention", {"retention_days": None}, format="json").json()
     assert body["retention_days"] is None
 
 
 def test_retention_api_refuses_bad_days_other_organizations_projects_and_weaker_keys(api_client, organization):
-    response = api_client.patch("/v1/retention", {"retention_days": 0}, format="json")
+    response = api_client.put("/v1/retention", {"retention_days": 0}, format="json")
     assert response.status_code == 400
     assert "retention_days" in response.json()["fields"]
 
     foreign = ProjectFactory()
-    response = api_client.patch("/v1/retention", {"retention_days": 3, "project": foreign.pk}, format="json")
+    response = api_client.put("/v1/retention", {"retention_days": 3, "project": foreign.pk}, format="json")
     assert response.status_code == 404
     assert response.json()["error"]
     foreign.refresh_from_db()
@@ -184,6 +184,6 @@ def test_retention_api_refuses_bad_days_other_organizations_projects_and_weaker_
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_key}")
     assert client.get("/v1/retention").status_code == 200  # reading is fine, setting needs a full key
-    assert client.patch("/v1/retention", {"retention_days": 3}, format="json").status_code == 403
+    assert client.put("/v1/retention", {"retention_days": 3}, format="json").status_code == 403
     organization.refresh_from_db()
     assert organization.retention_days is None
