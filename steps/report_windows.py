@@ -27,7 +27,15 @@ from django.db.models.functions import TruncDay, TruncHour, TruncWeek
 from accounts.models import Organization
 from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
 from steps.models import StepStatus
-from steps.rollups import COUNT_COLUMNS, RollupRow, hour_ceil, hour_of, merge_into, rollup_totals
+from steps.rollups import (
+    COUNT_COLUMNS,
+    RollupRow,
+    hour_ceil,
+    hour_of,
+    merge_into,
+    rollup_totals,
+    subject_rollup_rows,
+)
 
 TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
 # What a report read, in its `source`: the rollups only, the rollups plus the steps of the ragged edges,
@@ -170,4 +178,45 @@ def rollup_window_totals(
     for edge_start, edge_end in split.edges:
         edge = steps.filter(created_at__gte=edge_start, created_at__lt=edge_end)
         merge_into(totals, steps_totals(edge, group_by).items())
+    return totals, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
+
+
+# group_by name -> (subject rollup kind, step column): the groups read from the subject rollups.
+SUBJECT_GROUPS = {"user": ("user", "user_id"), "conversation": ("conversation", "conversation_id")}
+
+
+def subject_window_totals(
+    *,
+    organization: Organization,
+    steps: QuerySet,
+    start: datetime | None,
+    end: datetime | None,
+    filters: Mapping[str, Sequence[str]],
+    group: str,
+) -> tuple[dict[tuple[Any, ...], RollupRow], str] | None:
+    """Totals per end user (`group` "user") or conversation over [start, end), as rollup_window_totals gives them
+    per rollup group: the whole hours and days from the subject rollups, the ragged edges from `steps`.
+
+    Steps without a user (or conversation) are in no subject row; they form the group keyed (None,), as a scan
+    groups them: the usage rollups' total less the subjects' sum (counts, sums and buckets subtract exactly).
+    None when the window holds no whole hour.
+    """
+    split = window_split(start=start, end=end)
+    if split is None:
+        return None
+    kind, column = SUBJECT_GROUPS[group]
+    bounds = {"organization": organization, "start": split.inner_start, "end": split.inner_end}
+    subjects = subject_rollup_rows(kind=kind, filters=dict(filters), **bounds)
+    whole = rollup_totals(filters=dict(filters), group_by=[], **bounds)
+    if subjects is None or whole is None:  # cannot happen: the inner bounds are whole hours
+        raise AssertionError(f"rollups refused the whole hours [{split.inner_start}, {split.inner_end})")
+    totals = merge_into({}, (((subject_id,), row) for subject_id, row in subjects.items()))
+    for no_subject in whole.values():  # at most one row: no grouping
+        for row in subjects.values():
+            no_subject.merge(row, sign=-1)
+        if no_subject.counts["steps"]:
+            merge_into(totals, [((None,), no_subject)])
+    for edge_start, edge_end in split.edges:
+        edge = steps.filter(created_at__gte=edge_start, created_at__lt=edge_end)
+        merge_into(totals, steps_totals(edge, [column]).items())
     return totals, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP

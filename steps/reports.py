@@ -37,10 +37,12 @@ from steps.report_windows import (
     SOURCE_ROLLUP,
     SOURCE_ROLLUP_AND_STEPS,
     SOURCE_STEPS,
+    SUBJECT_GROUPS,
     TIME_UNITS,
     WindowSplit,
     rollup_window_totals,
     steps_totals,
+    subject_window_totals,
     window_split,
 )
 from steps.rollups import (
@@ -219,7 +221,7 @@ def usage_report(
     group_by = parse_group_by(group_by, allowed=USAGE_GROUPS)
     filterset = step_filterset(organization=organization, params=filters or {})
     keys = [OUTPUT_KEYS[g] for g in group_by]
-    rollup_filters = None if exact or not set(group_by) <= ROLLUP_GROUPS else _rollup_filters(filterset)
+    rollup_filters = None if exact else _readable_filters(filterset, group_by)
     report = None
     if rollup_filters is not None:
         report = _usage_from_rollups(organization, filterset, group_by, rollup_filters, limit=limit)
@@ -232,6 +234,24 @@ def usage_report(
     return report
 
 
+def _readable_filters(filterset: StepFilterSet, group_by: list[str]) -> dict[str, list[str]] | None:
+    """The rollup filters when the rollups can answer this grouping and these filters, else None (scan)."""
+    by_subject = len(group_by) == 1 and group_by[0] in SUBJECT_GROUPS  # one end user or conversation a row
+    return _rollup_filters(filterset) if set(group_by) <= ROLLUP_GROUPS or by_subject else None
+
+
+def _rollup_answer(
+    organization: Organization, filterset: StepFilterSet, group_by: list[str], filters: dict[str, list[str]]
+) -> tuple[dict[tuple[Any, ...], RollupRow], str] | None:
+    """(totals per group, source) from the rollups plus the ragged edges' steps; None when no whole hour."""
+    cleaned = filterset.form.cleaned_data
+    window = {"organization": organization, "steps": filterset.qs, "start": cleaned.get("start"),
+              "end": cleaned.get("end"), "filters": filters}  # fmt: skip
+    if len(group_by) == 1 and group_by[0] in SUBJECT_GROUPS:
+        return subject_window_totals(group=group_by[0], **window)
+    return rollup_window_totals(group_by=[USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by], **window)
+
+
 def _usage_from_rollups(
     organization: Organization,
     filterset: StepFilterSet,
@@ -241,12 +261,7 @@ def _usage_from_rollups(
     limit: int,
 ) -> Report | None:
     """The report from the rollups plus the ragged edges' steps, or None when the window holds no whole hour."""
-    cleaned = filterset.form.cleaned_data
-    columns = [USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
-    answer = rollup_window_totals(
-        organization=organization, steps=filterset.qs, start=cleaned.get("start"), end=cleaned.get("end"),
-        filters=filters, group_by=columns,
-    )  # fmt: skip
+    answer = _rollup_answer(organization, filterset, group_by, filters)
     if answer is None:
         return None
     totals, source = answer
@@ -311,16 +326,11 @@ def usage_window_totals(
     params = {k: v for k, v in (filters or {}).items() if k not in ("start", "end")}
     params.update({k: v for k, v in (("start", start), ("end", end)) if v is not None})
     filterset = step_filterset(organization=organization, params=params)
+    rollup_filters = _readable_filters(filterset, group_by)
+    answer = None if rollup_filters is None else _rollup_answer(organization, filterset, group_by, rollup_filters)
+    if answer is not None:
+        return WindowTotals(groups=answer[0], source=answer[1])
     columns = [USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
-    rollup_filters = _rollup_filters(filterset) if set(group_by) <= ROLLUP_GROUPS else None
-    if rollup_filters is not None:
-        cleaned = filterset.form.cleaned_data
-        answer = rollup_window_totals(
-            organization=organization, steps=filterset.qs, start=cleaned.get("start"), end=cleaned.get("end"),
-            filters=rollup_filters, group_by=columns,
-        )  # fmt: skip
-        if answer is not None:
-            return WindowTotals(groups=answer[0], source=answer[1])
     return WindowTotals(groups=steps_totals(filterset.qs, columns), source=SOURCE_STEPS)
 
 

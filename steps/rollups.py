@@ -560,12 +560,13 @@ class RollupRow:
             ttft=sums[n + 1 + BUCKETS :],
         )
 
-    def merge(self, other: "RollupRow") -> None:
+    def merge(self, other: "RollupRow", *, sign: int = 1) -> None:
+        """Add `other` into this row (sign -1: take it out; counts, sums and buckets subtract exactly)."""
         for name, value in other.counts.items():
-            self.counts[name] += value
-        self.cost_usd += other.cost_usd
-        self.latency = [a + b for a, b in zip(self.latency, other.latency, strict=True)]
-        self.ttft = [a + b for a, b in zip(self.ttft, other.ttft, strict=True)]
+            self.counts[name] += sign * value
+        self.cost_usd += sign * other.cost_usd
+        self.latency = [a + sign * b for a, b in zip(self.latency, other.latency, strict=True)]
+        self.ttft = [a + sign * b for a, b in zip(self.ttft, other.ttft, strict=True)]
 
 
 def rollup_segments(

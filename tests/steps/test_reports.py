@@ -32,7 +32,8 @@ def _record(organization, agent, *, i: int, when: datetime, fail: bool = False, 
     provider, model = MODELS[i % 2]
     step = services.step_start(
         organization=organization, agent=agent, provider_name=provider, model=model, model_handle=f"{provider}/{model}",
-        created_at=when, user_id=f"u-{i % 3}", tags=["vip"] if i % 4 == 0 else [], **start_kwargs,
+        created_at=when, user_id=f"u-{i % 3}", tags=["vip"] if i % 4 == 0 else [],
+        conversation_id=f"c-{i % 4}" if i % 5 else None, **start_kwargs,
     )  # fmt: skip
     metrics = StepMetricsIn(ttft_ns=(50 + 37 * i) * 1_000_000, llm_request_ns=(400 + 91 * i) * 1_000_000)
     if fail:
@@ -147,7 +148,8 @@ def test_usage_groupings_match_the_rows_both_ways(
     api_client, organization, dataset, group_by, step_key, row_key, exact
 ):
     body = api_client.get("/v1/usage", {"group_by": group_by, "exact": str(exact).lower()}).json()
-    rollup_able = group_by.split(",")[0] not in {"user", "conversation"}
+    # One end user or conversation a row reads the subject rollups; grouped with a run, only the steps have it.
+    rollup_able = group_by.split(",")[0] not in {"user", "conversation"} or group_by in {"user", "conversation"}
     assert body["source"] == ("rollup" if rollup_able and not exact else "steps")
     exact_percentiles = body["source"] == "steps"
     if exact_percentiles and api_client_backend() != "postgresql":
@@ -273,7 +275,10 @@ WINDOWS = [
     (None, "2026-02-02T10:30:00+02:00", "rollup+steps"),  # ragged end, no start, another offset
     ("2026-01-20T00:00:30Z", "2026-03-01T00:00:00Z", "rollup+steps"),  # ragged edges without steps
 ]
-GROUPINGS = ["", "model", "hour", "day", "week", "model,day", "agent,provider", "project,hour", "model_handle,week"]
+GROUPINGS = [
+    "", "model", "hour", "day", "week", "model,day", "agent,provider", "project,hour", "model_handle,week",
+    "user", "conversation",  # the subject rollups (steps without a user or conversation: one group of their own)
+]  # fmt: skip
 EXACT_FIELDS = (
     "steps", "prompt_tokens", "completion_tokens", "total_tokens", "cached_input_tokens", "cache_write_tokens",
     "reasoning_tokens", "cache_hit_ratio", "cost_usd", "error_count", "error_rate",
@@ -407,12 +412,17 @@ def test_usage_window_totals_for_monitors_equal_the_steps_summed_as_the_rollups_
     moments = {k: datetime.fromisoformat(v) for k, v in _window_params(start, end).items()}
     window = Step.objects.filter(organization=organization, created_at__gte=moments["start"],
                                  created_at__lt=moments["end"])  # fmt: skip
-    for group_by, filters in (([], {}), (["model", "hour"], {"provider": ["openai"]}), (["user"], {})):
+    cases = (
+        ([], {}, {}),
+        (["model", "hour"], {"provider": ["openai"]}, {"provider_name": "openai"}),
+        (["user"], {}, {}),  # the subject rollups, and the steps without a user as a group of their own
+        (["conversation"], {"model": ["gpt-4o-mini"]}, {"model": "gpt-4o-mini"}),
+    )
+    for group_by, filters, narrowed in cases:
         totals = usage_window_totals(organization=organization, filters=filters, group_by=group_by, **moments)
-        expected_source = source if "user" not in group_by else "steps"
-        assert totals.source == expected_source
-        scanned = window.filter(provider_name="openai") if filters else window
-        columns = [{"user": "user_id"}.get(g, g) for g in group_by]
+        assert totals.source == source
+        scanned = window.filter(**narrowed)
+        columns = [{"user": "user_id", "conversation": "conversation_id"}.get(g, g) for g in group_by]
         expected = steps_totals(scanned, columns)
         assert set(totals.groups) == set(expected), group_by
         for key, row in totals.groups.items():
