@@ -40,13 +40,13 @@ from steps.models import (
 )
 from steps.rollups import (
     MEASURE_COLUMNS,
-    _multi_row_upsert,
-    _rebuild_errors,
-    _upsert_sql,
     day_of,
+    errors_rollups_rebuild,
     hour_of,
+    multi_row_upsert,
     step_is_error,
     subject_rows,
+    upsert_sql,
     usage_rows,
 )
 from steps.selectors import step_queryset
@@ -111,9 +111,9 @@ def _subtract_rollups(steps: list[Step]) -> None:
         for row in rows:
             for name in MEASURE_COLUMNS:
                 row[name] = -row[name]
-        sql, columns = _upsert_sql(model)
+        sql, columns = upsert_sql(model)
         with connection.cursor() as cursor:
-            cursor.execute(*_multi_row_upsert(model, columns, sql, rows))
+            cursor.execute(*multi_row_upsert(model, columns, sql, rows))
         by_org: dict[str, set[datetime]] = {}
         for row in rows:
             by_org.setdefault(row["organization_id"], set()).add(row["bucket"])
@@ -128,7 +128,7 @@ def _recompute_errors(organization_id: str, days: set[datetime]) -> None:
         end = day + timedelta(days=1)
         for model in (ErrorRollupHour, ErrorRollupDay):
             model.objects.filter(organization_id=organization_id, bucket__gte=day, bucket__lt=end).delete()
-        _rebuild_errors(organization=organization, start=day, end=end)
+        errors_rollups_rebuild(organization=organization, start=day, end=end)
 
 
 def _batch(job: DeletionJob, batch_size: int) -> bool:

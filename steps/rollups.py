@@ -106,7 +106,7 @@ def step_measures(step: Step) -> dict[str, Any]:
     return values
 
 
-def _upsert_sql(model: type) -> tuple[str, list[str]]:
+def upsert_sql(model: type) -> tuple[str, list[str]]:
     """The upsert of a usage or subject rollup row: the measures add up."""
     qn = connection.ops.quote_name
     table = qn(model._meta.db_table)
@@ -242,12 +242,12 @@ def error_rows(steps: Sequence[Step], bucket_of_step: Any) -> list[dict[str, Any
 
 # What each rollup table gets from ended steps: the table, its bucket, its rows (the deltas) and its upsert.
 _DELTAS = (
-    (StepRollupHour, hour_of, usage_rows, _upsert_sql),
-    (StepRollupDay, day_of, usage_rows, _upsert_sql),
+    (StepRollupHour, hour_of, usage_rows, upsert_sql),
+    (StepRollupDay, day_of, usage_rows, upsert_sql),
     (ErrorRollupHour, hour_of, error_rows, error_upsert_sql),
     (ErrorRollupDay, day_of, error_rows, error_upsert_sql),
-    (SubjectRollupHour, hour_of, subject_rows, _upsert_sql),
-    (SubjectRollupDay, day_of, subject_rows, _upsert_sql),
+    (SubjectRollupHour, hour_of, subject_rows, upsert_sql),
+    (SubjectRollupDay, day_of, subject_rows, upsert_sql),
 )
 
 
@@ -296,10 +296,10 @@ def steps_rollups_add(*, steps: Sequence[Step]) -> None:
         if rows:
             sql, columns = upsert_sql(model)
             with connection.cursor() as cursor:
-                cursor.execute(*_multi_row_upsert(model, columns, sql, rows))
+                cursor.execute(*multi_row_upsert(model, columns, sql, rows))
 
 
-def _multi_row_upsert(model: type, columns: list[str], sql: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
+def multi_row_upsert(model: type, columns: list[str], sql: str, rows: list[dict[str, Any]]) -> tuple[str, list[Any]]:
     """One upsert statement for all `rows` (distinct keys, in key order); on PostgreSQL the rows are passed as
     one JSON parameter.
 
@@ -374,7 +374,7 @@ def step_rollups_rebuild(
         _rebuild_hours_python(organization=organization, start=start, end=end, model=SubjectRollupHour)
     for hour_model, day_model in (ROLLUP_TABLES, SUBJECT_TABLES):
         _rebuild_days(organization=organization, start=start, end=end, hour_model=hour_model, day_model=day_model)
-    _rebuild_errors(organization=organization, start=start, end=end)
+    errors_rollups_rebuild(organization=organization, start=start, end=end)
     return hours
 
 
@@ -383,7 +383,7 @@ def greatest_id(column: str) -> Max:
     return Max(Collate(column, "C")) if connection.vendor == "postgresql" else Max(column)
 
 
-def _rebuild_errors(*, organization: Organization, start: datetime | None, end: datetime | None) -> None:
+def errors_rollups_rebuild(*, organization: Organization, start: datetime | None, end: datetime | None) -> None:
     """The errors rollups of [start, end) from the steps: hours by one grouped query, days from the hours."""
     dims = {d: Coalesce(d, Value("")) for d in ROLLUP_DIMENSIONS}
     hours = (
