@@ -25,14 +25,15 @@ class AuditEventOut(serializers.ModelSerializer):
 
 
 class AuditParams(serializers.Serializer):
-    before_id = serializers.IntegerField(required=False, min_value=1, help_text="Events older than this id.")
+    before_id = serializers.IntegerField(
+        required=False, min_value=1, max_value=2**63 - 1, help_text="Events older than this id."
+    )
     action = serializers.CharField(required=False, max_length=64, help_text="Only this action (e.g. api_key.create).")
-    limit = serializers.IntegerField(required=False, min_value=1, default=100)
-
-    def validate_limit(self, value: int) -> int:
-        if value > settings.STEPLENS_AUDIT_PAGE_MAX:
-            raise serializers.ValidationError(f"At most {settings.STEPLENS_AUDIT_PAGE_MAX}.")
-        return value
+    # The bound is in the schema too (read once, at start), so a client knows it before asking.
+    limit = serializers.IntegerField(
+        required=False, min_value=1, max_value=settings.STEPLENS_AUDIT_PAGE_MAX, default=100,
+        help_text="Events per page (STEPLENS_AUDIT_PAGE_MAX at the most).",
+    )  # fmt: skip
 
 
 class AuditPage(serializers.Serializer):

@@ -192,8 +192,10 @@ def stop_services(services: list[Service]) -> None:
 def start_gunicorn(env: dict[str, str], logs: Path, *, workers: int = 2, threads: int = 8) -> tuple[Service, int]:
     port = free_port()
     command = [
-        str(REPO / ".venv/bin/gunicorn"), "config.wsgi", "-k", "gthread", "-w", str(workers), "--threads",
-        str(threads), "-b", f"127.0.0.1:{port}", "--timeout", "60", "--graceful-timeout", "5",
+        # The production settings file (request-line limit, metrics hooks); the flags below override its sizes.
+        str(REPO / ".venv/bin/gunicorn"), "config.wsgi", "-c", str(REPO / "config/gunicorn.py"), "-k", "gthread",
+        "-w", str(workers), "--threads", str(threads), "-b", f"127.0.0.1:{port}", "--timeout", "60",
+        "--graceful-timeout", "5",
     ]  # fmt: skip
     service = start_service("gunicorn", command, env, logs)
     deadline = time.monotonic() + 60
