@@ -129,6 +129,52 @@ def test_deleted_steps_stop_counting_after_the_rollups_are_rebuilt():
 
 
 @pytest.mark.django_db
+def test_a_deletion_job_takes_the_deleted_steps_out_of_the_monitor_s_number():
+    """DELETE /v1/steps subtracts what it deletes from the rollups the monitor reads: no rebuild needed."""
+    from steps.deletion import deletion_create, deletion_run
+
+    agent = AgentFactory()
+    organization = agent.organization
+    monitor = _monitor(organization, metric="error_count", operator=">", threshold=2, window_seconds=7 * 86400,
+                       min_steps=1, filters={"agent_id": agent.pk})  # fmt: skip
+    _steps(agent, ok=2, failed=4, ago=timedelta(days=2))
+    _steps(AgentFactory(organization=organization), failed=3, ago=timedelta(days=2))  # another agent: kept
+    step_rollups_rebuild(organization=organization)
+    monitors_evaluate()
+    assert _state(monitor) == ("alerting", 4.0)
+    job = deletion_create(organization=organization, params={"agent_id": agent.pk, "status": "failed"})
+    assert deletion_run(job_id=job.pk).steps_deleted == 4
+    monitors_evaluate()
+    assert _state(monitor) == ("ok", 0.0)
+    assert Step.objects.filter(organization=organization, status="failed").count() == 3
+
+
+@pytest.mark.django_db
+def test_after_retention_a_monitor_reads_what_the_usage_report_reads(settings):
+    """Retention removes old raw steps; rollups outlive them by default (README), so a monitor's number stays the
+    report's number for the same window, whichever part of the window each reads."""
+    from steps.retention import retention_apply
+
+    agent = AgentFactory()
+    organization = agent.organization
+    monitor = _monitor(organization, metric="steps", operator=">", threshold=1000, window_seconds=7 * 86400,
+                       min_steps=1, filters={"agent_id": agent.pk})  # fmt: skip
+    _steps(agent, ok=5, failed=1, ago=timedelta(days=3))
+    _steps(agent, ok=2, ago=timedelta(hours=2))
+    step_rollups_rebuild(organization=organization)
+    organization.retention_days = 1
+    organization.save(update_fields=["retention_days"])
+    assert retention_apply().steps_removed == 6
+    monitors_evaluate()
+    monitor.refresh_from_db()
+    now = monitor.evaluated_at
+    report = usage_report(organization=organization, filters={
+        "agent_id": agent.pk, "start": (now - timedelta(seconds=monitor.window_seconds)).isoformat(),
+        "end": now.isoformat()})  # fmt: skip
+    assert monitor.value == report.rows[0]["steps"] == 8  # the 6 retained steps are in the rollups' whole hours
+
+
+@pytest.mark.django_db
 def test_a_split_monitor_alerts_per_end_user_and_names_the_group():
     agent = AgentFactory()
     monitor = _monitor(agent.organization, metric="cost_usd", threshold=50, min_steps=1, group_by="user",
