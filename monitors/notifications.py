@@ -14,10 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +25,8 @@ import httpx2
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.core.mail import EmailMessage
+
+from config.netguard import NonPublicAddress, refuse_non_public
 
 SIGNATURE_HEADER = "X-Steplens-Signature"
 # Bytes of a receiver's answer kept for the attempt log (the rest is read and dropped, never held).
@@ -85,27 +85,15 @@ class AddressRefused(Exception):
 
 
 def _refuse_non_public(host: str, port: int, *, resolve: bool) -> None:
-    """Raise AddressRefused when `host` is, or resolves to, a private, loopback or link-local address.
-
-    Without this a monitor's URL (chosen by any API key holder) would make Steplens POST into its own network,
-    e.g. http://169.254.169.254/. STEPLENS_NOTIFY_ALLOW_PRIVATE=true lifts it (a lab, or a receiver on the LAN)."""
+    """Raise AddressRefused when `host` is, or resolves to, a private, loopback or link-local address
+    (config.netguard). A monitor's URL is chosen by any API key holder; STEPLENS_NOTIFY_ALLOW_PRIVATE=true lifts
+    the rule (a lab, or a receiver on the LAN)."""
     if settings.STEPLENS_NOTIFY_ALLOW_PRIVATE:
         return
     try:
-        addresses = [ipaddress.ip_address(host.strip("[]"))]
-    except ValueError:
-        if host.lower() in {"localhost", "localhost.localdomain"} or host.lower().endswith(".localhost"):
-            raise AddressRefused(f"{host} is a loopback name.") from None
-        if not resolve:
-            return
-        try:
-            infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
-        except OSError as exc:
-            raise AddressRefused(f"Could not resolve {host!r}.") from exc
-        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
-    for address in addresses:
-        if not address.is_global:
-            raise AddressRefused(f"{host} is a private, loopback or link-local address ({address}).")
+        refuse_non_public(host, port, resolve=resolve)
+    except NonPublicAddress as exc:
+        raise AddressRefused(str(exc)) from exc
 
 
 def url_check(url: str, *, resolve: bool) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
-import socket
 import threading
 from dataclasses import dataclass
 
 import httpx2
 
+from config.netguard import NonPublicAddress, refuse_non_public
 from steps.values import Base64ImageSource, ImageContent, UrlImageSource
 
 DEFAULT_MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Anthropic's per-image limit; Gemini inline data allows more.
@@ -80,13 +79,11 @@ def _check_public(request: httpx2.Request) -> None:
         return
     host = request.url.host
     try:
-        infos = socket.getaddrinfo(host, request.url.port or 443, proto=socket.IPPROTO_TCP)
-    except OSError as exc:
-        raise ImageFetchError(f"Could not resolve the image host {host!r}.") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global:
-            raise ImageFetchError(f"Refusing to fetch an image from a non-public address ({host}).")
+        refuse_non_public(host, request.url.port or 443)
+    except NonPublicAddress as exc:
+        if exc.reason == "unresolved":
+            raise ImageFetchError(f"Could not resolve the image host {host!r}.") from exc
+        raise ImageFetchError(f"Refusing to fetch an image from a non-public address ({host}).") from exc
 
 
 class ImageFetcher:
