@@ -93,12 +93,10 @@ def _window_filters(event: AlertEvent) -> dict[str, Any]:
     return {**event.filters, "start": event.window_start.isoformat(), "end": event.window_end.isoformat()}
 
 
-def event_payload(*, monitor: Monitor, event: AlertEvent) -> dict[str, Any]:
-    """The body of an alert notification."""
+def event_fields(event: AlertEvent) -> dict[str, Any]:
+    """What an alert event says, the same in the API (/v1/alerts) and in a notification's body: the state change,
+    the numbers, the window (times as datetimes; the caller renders them), the filters and the links."""
     return {
-        "type": "alert",
-        "event_id": event.pk,
-        "monitor": monitor_summary(monitor),
         "state": event.state,
         "previous_state": event.previous_state,
         "resolved": event.previous_state == MonitorState.ALERTING and event.state != MonitorState.ALERTING,
@@ -108,14 +106,27 @@ def event_payload(*, monitor: Monitor, event: AlertEvent) -> dict[str, Any]:
         "threshold": event.threshold,
         "recovery_threshold": event.recovery_threshold,
         "steps": event.steps,
-        "group": {"dimension": event.group_by, "value": event.group} if event.group is not None else None,
         "window": {
-            "start": event.window_start.isoformat(),
-            "end": event.window_end.isoformat(),
+            "start": event.window_start,
+            "end": event.window_end,
             "seconds": round((event.window_end - event.window_start).total_seconds()),
         },
         "filters": event.filters,
         "links": links(organization_id=event.organization_id, filters=_window_filters(event)),
+    }
+
+
+def event_payload(*, monitor: Monitor, event: AlertEvent) -> dict[str, Any]:
+    """The body of an alert notification."""
+    fields = event_fields(event)
+    window = fields.pop("window")
+    return {
+        "type": "alert",
+        "event_id": event.pk,
+        "monitor": monitor_summary(monitor),
+        **fields,
+        "group": {"dimension": event.group_by, "value": event.group} if event.group is not None else None,
+        "window": {**window, "start": window["start"].isoformat(), "end": window["end"].isoformat()},
         "created_at": event.created_at.isoformat(),
         "text": event_text(monitor=monitor, event=event),
         "subject": f"[Steplens] {_TITLES[event.state]}: {monitor.name}",

@@ -19,7 +19,7 @@ from accounts.authentication import request_organization
 from config.errors import ApplicationError
 from monitors import evaluation, payloads, selectors, services
 from monitors.api import serializers as s
-from monitors.models import AlertEvent, Delivery, Monitor, MonitorState
+from monitors.models import AlertEvent, Delivery, Monitor
 
 
 def _check_params(request: Request, *, allowed: set[str]) -> None:
@@ -66,29 +66,13 @@ def monitor_data(monitor: Monitor) -> dict[str, Any]:
 
 
 def alert_data(event: AlertEvent) -> dict[str, Any]:
-    window_filters = {**event.filters, "start": event.window_start.isoformat(), "end": event.window_end.isoformat()}
     return {
         "id": event.pk,
         "monitor_id": event.monitor_id,
         "monitor_name": event.monitor.name,
-        "state": event.state,
-        "previous_state": event.previous_state,
-        "resolved": event.previous_state == MonitorState.ALERTING and event.state != MonitorState.ALERTING,
-        "metric": event.metric,
-        "operator": event.operator,
-        "value": event.value,
-        "threshold": event.threshold,
-        "recovery_threshold": event.recovery_threshold,
-        "steps": event.steps,
+        **payloads.event_fields(event),
         "group_by": event.group_by or None,
         "group": event.group,
-        "window": {
-            "start": event.window_start,
-            "end": event.window_end,
-            "seconds": round((event.window_end - event.window_start).total_seconds()),
-        },
-        "filters": event.filters,
-        "links": payloads.links(organization_id=event.organization_id, filters=window_filters),
         "created_at": event.created_at,
     }
 
