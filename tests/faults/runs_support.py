@@ -167,7 +167,11 @@ def use_broker(url: str, monkeypatch) -> Iterator[None]:
         app._pool = None  # the pools keep the URL they were built with (closing them would close kombu's shared ones)
         app.amqp._producer_pool = None
 
-    saved = {k: app.conf[k] for k in ("broker_url", "task_always_eager", "result_backend")}
+    keys = ("broker_url", "task_always_eager", "result_backend")
+    # Only values set on the app itself are restored; the others are dropped again, so they go back to reading
+    # the Django settings. (Reading app.conf[key] here would copy whatever a test has just put in the settings,
+    # e.g. CELERY_TASK_ALWAYS_EAGER=False, and restoring that copy would pin it for the rest of the session.)
+    overridden = {k: app.conf.changes[k] for k in keys if k in app.conf.changes}
     monkeypatch.setenv("CELERY_BROKER_URL", url)
     app.conf.update(broker_url=url, task_always_eager=False, result_backend=None)
     reset_pool()
@@ -176,7 +180,9 @@ def use_broker(url: str, monkeypatch) -> Iterator[None]:
     finally:
         monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
         monkeypatch.undo()
-        app.conf.update(saved)
+        for key in keys:
+            app.conf.changes.pop(key, None)
+        app.conf.update(overridden)
         reset_pool()
 
 
