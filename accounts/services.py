@@ -104,18 +104,20 @@ def project_rename(*, project: Project, name: str, actor: Actor = SYSTEM) -> Pro
     name = _project_name(name)
     if Project.objects.filter(organization_id=project.organization_id, name=name).exclude(pk=project.pk).exists():
         raise ApplicationError("A project with this name exists.", extra={"name": ["Already used."]}, status_code=409)
-    before = project.name
-    project.name = name
-    project.save(update_fields=["name"])
-    audit_record(
-        actor=actor,
-        action="project.rename",
-        organization=project.organization_id,
-        target=project,
-        before={"name": before},
-        after={"name": name},
-    )
+    _set_audited(target=project, field="name", value=name, action="project.rename", actor=actor,
+                 organization=project.organization_id)  # fmt: skip
     return project
+
+
+def _set_audited(
+    *, target: Any, field: str, value: Any, action: str, actor: Actor, organization: Any, context: dict | None = None
+) -> None:
+    """Change one field of `target` and record it: before and after values, with `context` on both sides."""
+    before = getattr(target, field)
+    setattr(target, field, value)
+    target.save(update_fields=[field])
+    audit_record(actor=actor, action=action, organization=organization, target=target,
+                 before={**(context or {}), field: before}, after={**(context or {}), field: value})  # fmt: skip
 
 
 @transaction.atomic
@@ -129,17 +131,8 @@ def retention_set(
     if project is not None and project.organization_id != organization.pk:
         raise ApplicationError("No such project.", extra={"project": ["Not found."]}, status_code=404)
     target: Organization | Project = project if project is not None else organization
-    before = target.retention_days
-    target.retention_days = days
-    target.save(update_fields=["retention_days"])
-    audit_record(
-        actor=actor,
-        action="retention.set",
-        organization=organization,
-        target=target,
-        before={"retention_days": before},
-        after={"retention_days": days},
-    )
+    _set_audited(target=target, field="retention_days", value=days, action="retention.set", actor=actor,
+                 organization=organization)  # fmt: skip
     return target
 
 
@@ -244,17 +237,8 @@ def membership_set(
         raise ApplicationError(
             "An organization keeps at least one owner.", extra={"role": ["Last owner."]}, status_code=409
         )
-    before = membership.role
-    membership.role = role
-    membership.save(update_fields=["role"])
-    audit_record(
-        actor=actor,
-        action="member.role",
-        organization=organization,
-        target=membership,
-        before={"user": user.get_username(), "role": before},
-        after={"user": user.get_username(), "role": role},
-    )
+    _set_audited(target=membership, field="role", value=role, action="member.role", actor=actor,
+                 organization=organization, context={"user": user.get_username()})  # fmt: skip
     return membership
 
 
