@@ -137,11 +137,18 @@ def _backdate(run: Run, when: datetime) -> None:
         )
         steps = Step.objects.filter(run=run)
         steps.update(created_at=F("created_at") + delta, completed_at=F("completed_at") + delta)
+        # step_created_at (the partition key on PostgreSQL) moves with the step; PostgreSQL moves the row.
         StepMetrics.objects.filter(step__run=run).update(
-            step_start_ns=F("step_start_ns") + delta_ns, llm_request_start_ns=F("llm_request_start_ns") + delta_ns
+            step_start_ns=F("step_start_ns") + delta_ns,
+            llm_request_start_ns=F("llm_request_start_ns") + delta_ns,
+            step_created_at=F("step_created_at") + delta,
         )
-        Message.objects.filter(run=run).update(created_at=F("created_at") + delta)
-        ProviderTrace.objects.filter(step__run=run).update(created_at=F("created_at") + delta)
+        Message.objects.filter(run=run).update(
+            created_at=F("created_at") + delta, step_created_at=F("step_created_at") + delta
+        )
+        ProviderTrace.objects.filter(step__run=run).update(
+            created_at=F("created_at") + delta, step_created_at=F("step_created_at") + delta
+        )
 
 
 def _when(rng: random.Random, now: datetime) -> datetime:

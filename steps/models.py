@@ -131,14 +131,17 @@ class Step(models.Model):
             models.Index(fields=["run", "created_at", "id"], name="step_run_created_id"),
         ]
         constraints = [
+            # Every unique key holds created_at, the partition key on PostgreSQL. A span's step is created at the
+            # span's start time, so a re-sent span still collides: OTLP ingest stays idempotent.
             models.UniqueConstraint(
-                fields=["organization", "trace_id", "span_id"],
+                fields=["organization", "trace_id", "span_id", "created_at"],
                 condition=Q(trace_id__isnull=False, span_id__isnull=False),
                 name="step_unique_span",
             ),
-            # A retried or resumed step gets the next attempt number; two workers can never record the same one.
+            # A retried or resumed step gets the next attempt number; two workers can never record the same one:
+            # numbers are allocated under the run's row lock, the key only backs that up at one created_at.
             models.UniqueConstraint(
-                fields=["run", "step_number", "attempt"],
+                fields=["run", "step_number", "attempt", "created_at"],
                 condition=Q(run__isnull=False, step_number__isnull=False),
                 name="step_unique_run_attempt",
             ),
@@ -151,7 +154,12 @@ class Step(models.Model):
 class StepMetrics(models.Model):
     """Timings of one step, in nanoseconds: when it started, the LLM request, first token, tools, total."""
 
-    step = models.OneToOneField(Step, primary_key=True, on_delete=models.CASCADE, related_name="metrics")
+    # No database FK to steps (db_constraint=False): on PostgreSQL steps_step is partitioned by created_at and no
+    # unique key on (id) alone can exist; children are deleted with their steps by the application.
+    step = models.OneToOneField(
+        Step, primary_key=True, on_delete=models.CASCADE, related_name="metrics", db_constraint=False
+    )
+    step_created_at = models.DateTimeField(help_text="The step's created_at: the partition key on PostgreSQL.")
     step_start_ns = models.BigIntegerField(null=True, blank=True, help_text="Unix epoch ns.")
     llm_request_start_ns = models.BigIntegerField(null=True, blank=True, help_text="Unix epoch ns.")
     llm_request_ns = models.BigIntegerField(null=True, blank=True, help_text="Duration of the LLM call.")
@@ -161,6 +169,10 @@ class StepMetrics(models.Model):
 
     class Meta:
         verbose_name_plural = "step metrics"
+        constraints = [
+            # The upsert's conflict target; it holds the partition key, as every unique key must on PostgreSQL.
+            models.UniqueConstraint(fields=["step", "step_created_at"], name="metrics_unique_step"),
+        ]
 
     def __str__(self) -> str:
         return f"metrics of {self.step_id}"
@@ -184,7 +196,13 @@ class Message(models.Model):
         Run, null=True, blank=True, on_delete=models.CASCADE, related_name="messages", db_index=False
     )
     step = models.ForeignKey(
-        Step, null=True, blank=True, on_delete=models.CASCADE, related_name="messages", db_index=False
+        Step,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="messages",
+        db_index=False,
+        db_constraint=False,  # see StepMetrics.step
     )
     role = models.CharField(max_length=16, choices=MessageRole.choices)
     content = models.JSONField(default=list, blank=True)
@@ -196,6 +214,9 @@ class Message(models.Model):
     otid = models.CharField(max_length=200, null=True, blank=True, help_text="Client-side id, for idempotent sends.")
     is_err = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    step_created_at = models.DateTimeField(
+        help_text="The step's created_at (the message's own without a step): the partition key on PostgreSQL."
+    )
 
     class Meta:
         ordering = ["sequence_id"]
@@ -204,8 +225,12 @@ class Message(models.Model):
             models.Index(fields=["run", "sequence_id"], name="message_run_seq"),
         ]
         constraints = [
+            # With the partition key it no longer stops two rows at different times by itself: sequence ids are
+            # allocated under the run's row lock (steps.services._messages_insert, steps_record_many).
             models.UniqueConstraint(
-                fields=["run", "sequence_id"], condition=Q(run__isnull=False), name="message_unique_run_seq"
+                fields=["run", "sequence_id", "step_created_at"],
+                condition=Q(run__isnull=False),
+                name="message_unique_run_seq",
             ),
         ]
 
@@ -220,7 +245,9 @@ class ProviderTrace(models.Model):
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="provider_traces")
-    step = models.ForeignKey(Step, on_delete=models.CASCADE, related_name="provider_traces", db_index=False)
+    step = models.ForeignKey(
+        Step, on_delete=models.CASCADE, related_name="provider_traces", db_index=False, db_constraint=False
+    )  # see StepMetrics.step
     attempt = models.PositiveSmallIntegerField(default=1)
     provider = models.CharField(max_length=64)
     api = models.CharField(max_length=32, blank=True, default="")
@@ -231,12 +258,14 @@ class ProviderTrace(models.Model):
     error_type = models.CharField(max_length=64, null=True, blank=True)
     error_message = models.TextField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    step_created_at = models.DateTimeField(help_text="The step's created_at: the partition key on PostgreSQL.")
 
     class Meta:
         db_table = "traces_providertrace"
-        # The unique constraint's index serves lookups by step.
+        # The unique constraint's index serves lookups by step; it holds the partition key (one step has one
+        # created_at, so it is as strict as (step, attempt)).
         constraints = [
-            models.UniqueConstraint(fields=["step", "attempt"], name="ptrace_unique_step_attempt"),
+            models.UniqueConstraint(fields=["step", "attempt", "step_created_at"], name="ptrace_unique_step_attempt"),
         ]
 
     def __str__(self) -> str:

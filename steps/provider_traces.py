@@ -19,7 +19,7 @@ from steps.models import ProviderTrace, Step
 from steps.truncation import Truncated, json_truncate
 
 _MAX_ERROR_MESSAGE = 10_000
-_KEY = {"step_id", "attempt"}
+_KEY = {"step_id", "attempt", "step_created_at"}
 
 
 @dataclass(slots=True)
@@ -53,6 +53,7 @@ def provider_trace_values(*, step: Step, trace: ProviderTraceIn) -> dict[str, An
     return {
         "organization_id": step.organization_id,
         "step_id": step.pk,
+        "step_created_at": step.created_at,
         "attempt": step.attempt,
         "provider": trace.provider[:64],
         "api": (trace.api or "")[:32],
@@ -77,7 +78,7 @@ def provider_trace_record(*, step: Step, trace: ProviderTraceIn) -> ProviderTrac
     (provider_trace,) = ProviderTrace.objects.bulk_create(
         [ProviderTrace(**values)],
         update_conflicts=True,
-        unique_fields=["step", "attempt"],
+        unique_fields=["step", "attempt", "step_created_at"],
         update_fields=[name for name in values if name not in _KEY],
     )
     return provider_trace
@@ -90,7 +91,7 @@ def provider_traces_record_many(*, items: Sequence[tuple[Step, ProviderTraceIn]]
 
 PROVIDER_TRACE_COPY_COLUMNS = (
     "organization_id", "step_id", "attempt", "provider", "api", "model", "request_json", "response_json",
-    "latency_ms", "error_type", "error_message", "created_at",
+    "latency_ms", "error_type", "error_message", "created_at", "step_created_at",
 )  # fmt: skip
 _JSON_COLUMNS = {"request_json", "response_json"}
 

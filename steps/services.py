@@ -180,9 +180,12 @@ def _end(step: Step, values: dict[str, Any]) -> Step | None:
 def _save_metrics(step: Step, metrics: StepMetricsIn | None) -> None:
     if metrics is None:
         return
-    row = StepMetrics(step=step, **metrics_values(metrics))
-    # One statement whether or not a row exists (an upsert, not a read then a write).
-    StepMetrics.objects.bulk_create([row], update_conflicts=True, unique_fields=["step"], update_fields=METRIC_FIELDS)
+    row = StepMetrics(step=step, step_created_at=step.created_at, **metrics_values(metrics))
+    # One statement whether or not a row exists (an upsert, not a read then a write). The conflict target holds the
+    # partition key, as the unique key must on PostgreSQL.
+    StepMetrics.objects.bulk_create(
+        [row], update_conflicts=True, unique_fields=["step", "step_created_at"], update_fields=METRIC_FIELDS
+    )
 
 
 def _record_outcome(
@@ -321,6 +324,8 @@ def _messages_insert(
     elif step is not None:
         last_without_run = Message.objects.filter(step=step).aggregate(m=Max("sequence_id"))["m"] or 0
     run_id = run.pk if run is not None else None
+    # The partition key: the step's time, or the message's own (now) without a step.
+    step_created_at = step.created_at if step is not None else timezone.now()
     numbered = message_sequences(
         items=[(None, run_id, messages)],
         last_by_run={run_id: last} if run_id is not None else {},
@@ -329,7 +334,7 @@ def _messages_insert(
     rows = [
         Message(
             organization_id=organization_id, agent=agent, run=run, step=step, **message_values(message),
-            sequence_id=sequence,
+            sequence_id=sequence, step_created_at=step_created_at,
         )
         for _, message, sequence in numbered
     ]  # fmt: skip
@@ -527,7 +532,7 @@ def _step_from_record(organization: Organization, record: StepRecord) -> Step:
 
 _MESSAGE_COLUMNS = (
     "id", "organization_id", "agent_id", "run_id", "step_id", "role", "content", "name", "tool_calls",
-    "tool_call_id", "tool_returns", "otid", "is_err", "sequence_id", "created_at",
+    "tool_call_id", "tool_returns", "otid", "is_err", "sequence_id", "created_at", "step_created_at",
 )  # fmt: skip
 _JSON_MESSAGE_COLUMNS = {"content", "tool_calls", "tool_returns"}
 _message_list_adapter: TypeAdapter[list[MessageIn]] = TypeAdapter(list[MessageIn])
@@ -596,6 +601,7 @@ def _message_row(organization_id: str, step: Step, message: MessageIn, sequence:
     return {
         "id": new_message_id(), "organization_id": organization_id, "agent_id": step.agent_id, "run_id": step.run_id,
         "step_id": step.pk, **message_values(message), "sequence_id": sequence, "created_at": now,
+        "step_created_at": step.created_at,
     }  # fmt: skip
 
 
@@ -652,9 +658,11 @@ def steps_record_many(*, organization: Organization, records: Sequence[StepRecor
     metrics = [(step, metrics_values(record.metrics)) for step, record, _ in done if record.metrics is not None]
     _write_rows(
         StepMetrics,
-        ["step_id", *METRIC_FIELDS],
-        [(step.pk, *(values[name] for name in METRIC_FIELDS)) for step, values in metrics],
-        lambda: StepMetrics.objects.bulk_create([StepMetrics(step=step, **values) for step, values in metrics]),
+        ["step_id", "step_created_at", *METRIC_FIELDS],
+        [(step.pk, step.created_at, *(values[name] for name in METRIC_FIELDS)) for step, values in metrics],
+        lambda: StepMetrics.objects.bulk_create(
+            [StepMetrics(step=step, step_created_at=step.created_at, **values) for step, values in metrics]
+        ),
     )
     traces = [(step, record.provider_trace) for step, record, _ in done if record.provider_trace is not None]
     _write_rows(

@@ -60,6 +60,7 @@ class StepMetricsFactory(factory.django.DjangoModelFactory):
         model = StepMetrics
 
     step = factory.SubFactory(StepFactory)
+    step_created_at = factory.SelfAttribute("step.created_at")
     ttft_ns = 250_000_000
     llm_request_ns = 900_000_000
     step_ns = 1_000_000_000
@@ -71,6 +72,7 @@ class MessageFactory(factory.django.DjangoModelFactory):
 
     organization = factory.SelfAttribute("step.organization")
     step = factory.SubFactory(StepFactory)
+    step_created_at = factory.LazyAttribute(lambda o: o.step.created_at if o.step is not None else timezone.now())
     role = "assistant"
     content = factory.LazyFunction(lambda: [{"type": "text", "text": "hello"}])
     sequence_id = factory.Sequence(lambda n: n + 1)
@@ -82,6 +84,7 @@ class ProviderTraceFactory(factory.django.DjangoModelFactory):
 
     organization = factory.SelfAttribute("step.organization")
     step = factory.SubFactory(StepFactory)
+    step_created_at = factory.SelfAttribute("step.created_at")
     provider = "openai"
     model = "gpt-4o-mini"
     request_json = factory.LazyFunction(lambda: {"model": "gpt-4o-mini", "messages": []})

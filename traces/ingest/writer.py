@@ -324,7 +324,9 @@ def _tool_leftovers(organization: Organization, tools: list[ToolExecution]) -> N
         otid = f"otel-{tool.span.span_id}"
         if step is None or Message.objects.filter(step=step, otid=otid).exists():
             continue
-        metrics, _ = StepMetrics.objects.select_for_update().get_or_create(step=step)
+        metrics, _ = StepMetrics.objects.select_for_update().get_or_create(
+            step=step, defaults={"step_created_at": step.created_at}
+        )
         metrics.tool_execution_ns = (metrics.tool_execution_ns or 0) + max(0, tool.span.end_ns - tool.span.start_ns)
         metrics.save(update_fields=["tool_execution_ns"])
         message = _tool_message(tool) or validate_message(
