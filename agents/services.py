@@ -277,8 +277,9 @@ def agent_get_or_create(
     name: str,
     model_handle: str = "",
     metadata: dict[str, Any] | None = None,
+    project: Project | None = None,
 ) -> Agent:
-    """The organization's live agent called `name`, created (with `model_handle`) when there is none.
+    """The organization's live agent called `name`, created (with `model_handle`, in `project`) when there is none.
 
     Used by the OTLP ingest for agents seen in `invoke_agent` spans. Safe under concurrent calls: a lost race
     on the unique live name returns the winner's row.
@@ -289,7 +290,11 @@ def agent_get_or_create(
     try:
         with transaction.atomic():
             return Agent.objects.create(
-                organization=organization, name=name, model_handle=model_handle, metadata=metadata or {}
+                organization=organization,
+                name=name,
+                model_handle=model_handle,
+                metadata=metadata or {},
+                project=project,
             )
     except IntegrityError:
         return Agent.objects.get(organization=organization, name=name, deleted_at__isnull=True)
@@ -314,6 +319,7 @@ class RunRecord:
     origin: str = "otlp"
     metadata: dict[str, Any] | None = None
     error_data: dict[str, Any] | None = None
+    project: Project | None = None  # default: the agent's
 
 
 @transaction.atomic
@@ -345,7 +351,7 @@ def runs_record_many(
             raise ApplicationError("Agent belongs to another organization.", status_code=404)
         new[key] = Run(
             organization=organization,
-            project=record.agent.project if record.agent else None,
+            project=record.project or (record.agent.project if record.agent else None),
             agent=record.agent,
             request_id=record.request_id,
             status=record.status,

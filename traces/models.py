@@ -3,7 +3,7 @@
 from django.db import models
 from django.db.models import Q
 
-from accounts.models import Organization
+from accounts.models import Organization, Project
 
 
 class IngestBatchStatus(models.TextChoices):
@@ -23,9 +23,14 @@ class IngestBatch(models.Model):
     (processing, attempts + 1), maps its spans onto runs and steps and marks it done (the body is then dropped),
     or failed with the reason. A batch left queued or processing by a lost task or a killed worker is picked up
     again by the sweep; mapping is idempotent on (trace_id, span_id), so doing a batch twice stores nothing twice.
+    `project` is the project the sending API key is limited to: every step and run of the batch goes there.
     """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="ingest_batches")
+    project = models.ForeignKey(
+        Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="ingest_batches",
+        help_text="The sending key's project: the batch's steps and runs are stored there (empty: none).",
+    )  # fmt: skip
     content_type = models.CharField(max_length=64)
     content_encoding = models.CharField(max_length=16, default="identity", help_text="identity or gzip.")
     body = models.BinaryField(help_text="The request body as received (emptied once the batch is done).")

@@ -43,8 +43,13 @@ class IngestResult:
     runs_created: int = 0
 
 
-def trace_ingest(*, organization: Organization, spans: Sequence["OtlpSpan"]) -> IngestResult:
+def trace_ingest(
+    *, organization: Organization, spans: Sequence["OtlpSpan"], project_id: str | None = None
+) -> IngestResult:
     """Map OTLP spans onto Runs, Steps, Messages and ProviderTraces of `organization`, in one transaction.
+
+    With `project_id` (default: the project the request's API key is limited to, if any) every step and run
+    stored goes into that project, whatever the spans say.
 
     LLM spans become finished or failed steps, `invoke_agent` spans runs (and agents), `execute_tool` spans tool
     timings and tool messages of the step that asked for them. Other spans are accepted and ignored. A span that
@@ -54,7 +59,9 @@ def trace_ingest(*, organization: Organization, spans: Sequence["OtlpSpan"]) -> 
     # Imported here: the writer imports this module (IngestResult, rejection_message).
     from traces.ingest.writer import ingest_spans
 
-    return ingest_spans(organization=organization, spans=spans)
+    if project_id is None:
+        project_id = getattr(organization, "scoped_project_id", None)
+    return ingest_spans(organization=organization, spans=spans, project_id=project_id)
 
 
 # --- OTLP ingest: durable staging -----------------------------------------------------------------------------------
@@ -159,7 +166,8 @@ def trace_batch_accept(
     with bad ids, times or token counts are reported as rejected now, attribute values that will be cut to
     STEPLENS_OTLP_MAX_ATTRIBUTE_BYTES are named. A request without spans stores nothing. Returns after the batch
     is committed; a worker is asked to map it once the commit is done. With eager tasks (embedded mode) the batch
-    is mapped before this returns, so its steps are queryable.
+    is mapped before this returns, so its steps are queryable. A key limited to a project (the organization's
+    `scoped_project_id`) stores the batch with that project, and its mapping puts every step and run there.
     """
     from traces.ingest.decode import decode_request, spans_for_precheck
     from traces.ingest.mapping import PRECHECK_KEYS, SpanRejected, span_precheck
@@ -183,6 +191,7 @@ def trace_batch_accept(
     with transaction.atomic():
         batch = IngestBatch.objects.create(
             organization=organization,
+            project_id=getattr(organization, "scoped_project_id", None) or None,
             content_type=content_type,
             content_encoding="gzip" if content_encoding == "gzip" else "identity",
             body=body,
@@ -288,7 +297,8 @@ def _fail(batch_id: int, error: str) -> None:
 
 
 def _map_group(organization: Organization, batches: list[IngestBatch]) -> None:
-    """Map batches of one organization together; when that fails, each alone, so one bad batch fails alone."""
+    """Map batches of one organization and one project (the sending key's, or none) together; when that fails,
+    each alone, so one bad batch fails alone."""
     from traces.ingest.writer import ingest_span_groups
 
     groups, mapped = [], []
@@ -304,7 +314,7 @@ def _map_group(organization: Organization, batches: list[IngestBatch]) -> None:
         return
     try:
         with transaction.atomic():
-            results = ingest_span_groups(organization=organization, groups=groups)
+            results = ingest_span_groups(organization=organization, groups=groups, project_id=mapped[0].project_id)
     except _TRANSIENT:
         raise
     except Exception as exc:
@@ -350,7 +360,8 @@ def trace_batches_process(*, batch_id: int | None = None, limit: int | None = No
         return 0
     try:
         with transaction.atomic():
-            by_org: dict[str, list[IngestBatch]] = defaultdict(list)
+            # Batches of one organization and one project map together (the project is the sending key's).
+            by_org: dict[tuple[str, str], list[IngestBatch]] = defaultdict(list)
             mine = (
                 IngestBatch.objects.select_for_update(skip_locked=True, of=("self",))
                 .select_related("organization")
@@ -358,9 +369,9 @@ def trace_batches_process(*, batch_id: int | None = None, limit: int | None = No
                 .order_by("pk")
             )
             for batch in mine:
-                by_org[batch.organization_id].append(batch)
-            for organization_id in sorted(by_org):
-                _map_group(by_org[organization_id][0].organization, by_org[organization_id])
+                by_org[(batch.organization_id, batch.project_id or "")].append(batch)
+            for key in sorted(by_org):
+                _map_group(by_org[key][0].organization, by_org[key])
     except _TRANSIENT:
         with contextlib.suppress(DatabaseError, InterfaceError):  # the database is gone: released once it is back
             IngestBatch.objects.filter(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from django.db import transaction
 from django.db.models import F, Max
 
-from accounts.models import Organization
+from accounts.models import Organization, Project
 from agents.models import Agent, Run, RunStatus, StopReason
 from agents.services import RunRecord, agent_get_or_create, runs_record_many
 from steps.models import Message, Step, StepMetrics, StepOrigin
@@ -74,9 +74,13 @@ def _agent_of_call(
 
 
 def _runs_for(
-    organization: Organization, agents: list[AgentInvocation], first_chunk_at: dict[tuple[str, str], int]
+    organization: Organization,
+    agents: list[AgentInvocation],
+    first_chunk_at: dict[tuple[str, str], int],
+    project: Project | None,
 ) -> tuple[dict[tuple[str, str], Run], list[Run]]:
-    """Run per agent span (stored before, or recorded now with runs_record_many); and the runs new in this call."""
+    """Run per agent span (stored before, or recorded now with runs_record_many); and the runs new in this call.
+    New runs, and agents created here, belong to `project` (the sending key's) when there is one."""
     agents_by_name: dict[str, Agent] = {}
     records = []
     for invocation in agents:
@@ -88,6 +92,7 @@ def _runs_for(
                 name=invocation.agent_name,
                 model_handle=handle,
                 metadata={"external_id": invocation.agent_external_id} if invocation.agent_external_id else None,
+                project=project,
             )
             agents_by_name[invocation.agent_name] = agent
         span = invocation.span
@@ -96,6 +101,7 @@ def _runs_for(
         records.append(
             RunRecord(
                 agent=agent,
+                project=project,
                 trace_id=span.trace_id,
                 span_id=span.span_id,
                 request_id=invocation.request_id or span.trace_id,
@@ -119,13 +125,14 @@ def _runs_for(
     return runs, [run for run in runs.values() if run.pk in inserted]
 
 
-def _stored_run_of_calls(organization: Organization, calls: list[LlmCall]) -> dict[str, Run]:
+def _stored_run_of_calls(organization: Organization, calls: list[LlmCall], project: Project | None) -> dict[str, Run]:
     """span_id -> Run for LLM calls whose agent span is not in this request: the stored run of the direct parent
-    span, else the trace's only stored run."""
+    span, else the trace's only stored run (with `project`, only that project's runs)."""
     out: dict[str, Run] = {}
+    in_project = {"project": project} if project is not None else {}
     stored = list(
         Run.objects.select_related("agent").filter(
-            organization=organization, trace_id__in={c.span.trace_id for c in calls}
+            organization=organization, trace_id__in={c.span.trace_id for c in calls}, **in_project
         )
     )
     if not stored:
@@ -192,7 +199,7 @@ def _attach_tools(calls: list[LlmCall], tools: list[ToolExecution]) -> tuple[set
     return covered, unmatched
 
 
-def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepRecord:
+def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str], project: Project | None) -> StepRecord:
     span = call.span
     duration = max(0, (span.end_ns or span.start_ns) - span.start_ns)
     inputs = new_turn(call.input_messages) if run is not None else call.input_messages
@@ -221,6 +228,7 @@ def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepR
         completed_at=call.completed_at,
         run=run,
         agent=run.agent if run is not None else None,
+        project=project,  # the sending key's project wins over the run's and the agent's
         origin=StepOrigin.OTLP,
         provider_name=call.provider,
         model=model,
@@ -266,10 +274,13 @@ def _record(call: LlmCall, run: Run | None, covered_tool_ids: set[str]) -> StepR
     )
 
 
-def _adopt_orphans(organization: Organization, new_runs: list[Run], inserted: set[str]) -> None:
+def _adopt_orphans(
+    organization: Organization, new_runs: list[Run], inserted: set[str], project: Project | None
+) -> None:
     """Steps stored by an earlier request before their trace's invoke_agent span arrived join the new run.
 
     Only when the trace has exactly this one run. The step keeps its agent (none), so the rollups stay exact.
+    With `project`, only that project's steps.
     """
     if not new_runs:
         return
@@ -277,6 +288,7 @@ def _adopt_orphans(organization: Organization, new_runs: list[Run], inserted: se
     orphans_by_trace: dict[str, list[str]] = defaultdict(list)
     for pk, trace_id in (
         Step.objects.filter(organization=organization, trace_id__in=traces, run__isnull=True, origin=StepOrigin.OTLP)
+        .filter(**({"project": project} if project is not None else {}))
         .exclude(pk__in=inserted)
         .order_by("created_at", "pk")
         .values_list("pk", "trace_id")
@@ -306,8 +318,9 @@ def _adopt_orphans(organization: Organization, new_runs: list[Run], inserted: se
         Run.objects.filter(pk=run.pk).update(step_count=F("step_count") + len(orphans))
 
 
-def _tool_leftovers(organization: Organization, tools: list[ToolExecution]) -> None:
-    """Tool spans whose LLM call was stored by an earlier request: the trace's last step before the tool started.
+def _tool_leftovers(organization: Organization, tools: list[ToolExecution], project: Project | None) -> None:
+    """Tool spans whose LLM call was stored by an earlier request: the trace's last step before the tool started
+    (with `project`, of that project: a project-limited key writes into its project only).
 
     Applied once per tool span: its message carries otid `otel-<span_id>`, and a stored one means done.
     """
@@ -317,6 +330,7 @@ def _tool_leftovers(organization: Organization, tools: list[ToolExecution]) -> N
                 organization=organization,
                 trace_id=tool.span.trace_id,
                 created_at__lte=ns_to_datetime(tool.span.start_ns),
+                **({"project": project} if project is not None else {}),
             )
             .order_by("-created_at")
             .first()
@@ -335,15 +349,24 @@ def _tool_leftovers(organization: Organization, tools: list[ToolExecution]) -> N
         messages_create(organization=organization, messages=[message.model_copy(update={"otid": otid})], step=step)
 
 
-def ingest_spans(*, organization: Organization, spans: Sequence[OtlpSpan]) -> IngestResult:
+def ingest_spans(
+    *, organization: Organization, spans: Sequence[OtlpSpan], project_id: str | None = None
+) -> IngestResult:
     """See traces.services.trace_ingest."""
-    return ingest_span_groups(organization=organization, groups=[spans])[0]
+    return ingest_span_groups(organization=organization, groups=[spans], project_id=project_id)[0]
 
 
 @transaction.atomic
-def ingest_span_groups(*, organization: Organization, groups: Sequence[Sequence[OtlpSpan]]) -> list[IngestResult]:
+def ingest_span_groups(
+    *, organization: Organization, groups: Sequence[Sequence[OtlpSpan]], project_id: str | None = None
+) -> list[IngestResult]:
     """Map several export requests (staged batches) of one organization in one transaction, as if they were one
-    request; returns each group's own result. A span repeated across groups is mapped once."""
+    request; returns each group's own result. A span repeated across groups is mapped once.
+
+    `project_id`: the project the sending API key is limited to. Every step and every new run (and agent) goes
+    there, overriding the project of the agent or run a span would otherwise give it; stored runs and steps of
+    other projects are not joined or changed."""
+    project = Project.objects.filter(organization=organization, pk=project_id).first() if project_id else None
     calls: list[LlmCall] = []
     agents: list[AgentInvocation] = []
     tools: list[ToolExecution] = []
@@ -378,7 +401,7 @@ def ingest_span_groups(*, organization: Organization, groups: Sequence[Sequence[
             key, at = (call.span.trace_id, agent_span_id), call.span.start_ns + call.ttft_ns
             first_chunk_at[key] = min(first_chunk_at.get(key, at), at)
 
-    runs, new_runs = _runs_for(organization, agents, first_chunk_at) if agents else ({}, [])
+    runs, new_runs = _runs_for(organization, agents, first_chunk_at, project) if agents else ({}, [])
     run_of = {
         call.span.span_id: runs[(call.span.trace_id, agent_of_call[call.span.span_id])]
         for call in calls
@@ -386,14 +409,14 @@ def ingest_span_groups(*, organization: Organization, groups: Sequence[Sequence[
     }
     rest = [call for call in calls if call.span.span_id not in run_of]
     if rest:
-        run_of.update(_stored_run_of_calls(organization, rest))
+        run_of.update(_stored_run_of_calls(organization, rest, project))
     covered, unmatched_tools = _attach_tools(calls, tools)
 
-    records = [_record(call, run_of.get(call.span.span_id), covered) for call in calls]
+    records = [_record(call, run_of.get(call.span.span_id), covered, project) for call in calls]
     inserted = steps_record_many(organization=organization, records=records)
-    _adopt_orphans(organization, new_runs, {step.pk for step in inserted})
+    _adopt_orphans(organization, new_runs, {step.pk for step in inserted}, project)
     if unmatched_tools:
-        _tool_leftovers(organization, unmatched_tools)
+        _tool_leftovers(organization, unmatched_tools, project)
 
     steps_created = [0] * len(groups)
     for step in inserted:
