@@ -1,4 +1,6 @@
-"""Reads of monitors, their alert events and deliveries, always scoped to one organization."""
+"""Reads of monitors, their alert events and deliveries, always scoped to one organization, and for an API key
+limited to a project to that project's monitors (`accounts.selectors.project_scope`): a monitor of another project,
+or of the whole organization, is not found for it."""
 
 from __future__ import annotations
 
@@ -7,20 +9,23 @@ from datetime import datetime
 from django.db.models import QuerySet
 
 from accounts.models import Organization
+from accounts.selectors import project_scope
 from config.errors import NotFound
 from monitors.models import AlertEvent, Delivery, Monitor
 
 
 def monitor_list(*, organization: Organization) -> QuerySet[Monitor]:
-    """The organization's monitors, by name."""
-    return Monitor.objects.filter(organization=organization).order_by("name", "id")
+    """The organization's monitors (a project-limited key's: its project's), by name."""
+    return Monitor.objects.filter(organization=organization, **project_scope(organization)).order_by("name", "id")
 
 
 def monitor_get(*, organization: Organization, monitor_id: str) -> Monitor:
-    """One monitor of the organization; another organization's is a 404 like a missing one."""
-    monitor = Monitor.objects.filter(organization=organization, pk=monitor_id).select_related("organization").first()
+    """One monitor of the organization; another organization's (or, for a project-limited key, another project's)
+    is a 404 like a missing one. The monitor carries the caller's organization instance, scope included."""
+    monitor = Monitor.objects.filter(organization=organization, pk=monitor_id, **project_scope(organization)).first()
     if monitor is None:
         raise NotFound("Monitor not found.")
+    monitor.organization = organization
     return monitor
 
 
@@ -40,8 +45,10 @@ def alert_list(
     end: datetime | None = None,
 ) -> QuerySet[AlertEvent]:
     """Alert events, newest first, optionally of one monitor (or monitor id: another organization's has none),
-    in some states, created in [start, end)."""
-    events = AlertEvent.objects.filter(organization=organization)
+    in some states, created in [start, end). A project-limited key reads only its project's monitors' events."""
+    events = AlertEvent.objects.filter(
+        organization=organization, **project_scope(organization, field="monitor__project_id")
+    )
     if monitor is not None:
         events = events.filter(monitor=monitor)
     if monitor_id is not None:

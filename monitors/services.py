@@ -76,6 +76,7 @@ def monitor_filters_clean(*, organization: Organization, filters: Mapping[str, A
             cleaned[name] = list(value) if isinstance(value, tuple) else value  # kept as sent: PATCH can send it back
     if errors:
         raise ApplicationError("Invalid monitor.", extra=errors)
+    _check_scoped_project_filter(organization, cleaned.get("project_id"))
     try:
         step_filterset(organization=organization, params=cleaned)
     except ApplicationError as exc:
@@ -83,6 +84,18 @@ def monitor_filters_clean(*, organization: Organization, filters: Mapping[str, A
             "Invalid monitor.", extra={f"filters.{name}": messages for name, messages in exc.fields.items()}
         ) from exc
     return cleaned
+
+
+def _check_scoped_project_filter(organization: Organization, value: Any) -> None:
+    """A project-limited key's monitor cannot filter on another project (it would silently read the key's)."""
+    scoped = getattr(organization, "scoped_project_id", None)
+    if not scoped or value is None:
+        return
+    named = value if isinstance(value, list) else str(value).split(",")
+    if any(str(item).strip() and str(item).strip() != scoped for item in named):
+        raise NotFound(
+            "Project not found.", extra={"filters.project_id": ["This API key is limited to another project."]}
+        )
 
 
 def targets_clean(targets: list[Mapping[str, Any]]) -> list[dict[str, str]]:
@@ -115,6 +128,12 @@ def _check_recovery(*, operator: str, threshold: float, recovery: float | None) 
 
 
 def _project(*, organization: Organization, project_id: str | None) -> Project | None:
+    """The monitor's project. A key limited to a project puts its monitors in that project: none named (or null)
+    means its project, another one is a 404 like a project that does not exist."""
+    scoped = getattr(organization, "scoped_project_id", None)
+    if scoped and project_id and project_id != scoped:
+        raise NotFound("Project not found.", extra={"project_id": ["This API key is limited to another project."]})
+    project_id = project_id or scoped
     if not project_id:
         return None
     project = Project.objects.filter(organization=organization, pk=project_id).first()

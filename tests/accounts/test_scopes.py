@@ -1,7 +1,7 @@
 """API key scopes and project-limited keys, tried on every /v1/ endpoint (enumerated from the URL conf, so a new
 endpoint is covered): `ingest` only POSTs traces, `read` only reads, `full` does anything; a project-limited key
 reads only its project (another project's object is a 404) and its new agents belong to it; GET /v1/audit needs
-a `full` key."""
+a `full` key; monitors and alerts narrow the same way (their own tests: tests/monitors/test_project_keys.py)."""
 
 import io
 import re
@@ -17,6 +17,7 @@ from accounts.audit import Actor
 from accounts.models import ApiKey, AuditEvent, Membership, Role
 from accounts.services import api_key_create, audit_record
 from agents.models import Agent
+from monitors.services import monitor_create
 from steps.rollups import step_rollup_add
 from tests.factories import AgentFactory, OrganizationFactory, ProjectFactory, RunFactory, StepFactory
 
@@ -64,7 +65,13 @@ def world():
             created_at=timezone.now() - timedelta(hours=3), prompt_tokens=10, completion_tokens=1, total_tokens=11,
         )  # fmt: skip
         step_rollup_add(step=step)
-        data[project.name] = {"agent_id": agent.pk, "run_id": run.pk, "step_id": step.pk, "request_id": run.request_id}
+        monitor, _ = monitor_create(
+            organization=organization,
+            data={"name": f"monitor-{project.name}", "project_id": project.pk, "metric": "steps", "operator": ">",
+                  "threshold": 1, "window_seconds": 600},
+        )  # fmt: skip
+        data[project.name] = {"agent_id": agent.pk, "run_id": run.pk, "step_id": step.pk, "request_id": run.request_id,
+                              "monitor_id": monitor.pk}  # fmt: skip
     keys = {}
     for scope in ("ingest", "read", "full"):
         _, keys[scope] = api_key_create(organization=organization, scope=scope)
@@ -81,7 +88,7 @@ def test_every_endpoint_answers_what_each_scope_allows(world):
         client = _client(world["keys"][scope])
         base_scope = scope.split("@")[0]
         for route, view, name in routes:
-            url = _fill(route, {**world["ids"]["mine"], "monitor_id": "mon-x"})
+            url = _fill(route, world["ids"]["mine"])
             for method in METHODS:
                 if not hasattr(view, method):
                     continue
@@ -124,6 +131,9 @@ def test_a_project_limited_key_reads_only_its_project(world):
         "/v1/runs/{run_id}/usage",
         "/v1/agents/{agent_id}",
         "/v1/requests/{request_id}",
+        "/v1/monitors/{monitor_id}",
+        "/v1/monitors/{monitor_id}/alerts",
+        "/v1/monitors/{monitor_id}/deliveries",
     ):
         response = client.get(template.format(**theirs))
         assert response.status_code == 404, (template, response.status_code)
@@ -132,6 +142,8 @@ def test_a_project_limited_key_reads_only_its_project(world):
     assert client.get(f"/v1/runs/{mine['run_id']}").status_code == 200
     assert [a["id"] for a in client.get("/v1/agents").json()] == [mine["agent_id"]]
     assert [r["id"] for r in client.get("/v1/runs").json()] == [mine["run_id"]]
+    assert [m["id"] for m in client.get("/v1/monitors").json()["data"]] == [mine["monitor_id"]]
+    assert client.get(f"/v1/monitors/{mine['monitor_id']}").status_code == 200
 
 
 @pytest.mark.parametrize("exact", ["false", "true"])
