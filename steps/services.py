@@ -105,37 +105,77 @@ def step_start(
     metadata: dict[str, Any] | None = None,
     created_at: datetime | None = None,
 ) -> Step:
-    """Create a pending step at progression START. With a known `step_id` the existing step is returned."""
-    if step_id is not None:
-        existing = Step.objects.filter(pk=step_id).first()
-        if existing is not None:
-            if existing.organization_id != organization.pk:
-                raise StepConflict("Step id is already taken.", extra={"step_id": "is already taken"})
-            return existing
-    links = step_links(
-        run=run, agent=agent, project=project, request_id=request_id, user_id=user_id, conversation_id=conversation_id
-    )
+    """Create a pending step at progression START. With a known `step_id` the existing step is returned.
+
+    A step of a run with a step number takes the run's row lock first and refuses (IntegrityError) an attempt
+    already recorded: on PostgreSQL the unique key holds the partition key (created_at), so the lock, not the key
+    alone, keeps (run, step_number, attempt) unique."""
+    with transaction.atomic():
+        if step_id is not None:
+            _lock_key(f"step:{step_id}")  # the id is unique only with created_at on PostgreSQL: serialize its insert
+            existing = Step.objects.filter(pk=step_id).first()
+            if existing is not None:
+                if existing.organization_id != organization.pk:
+                    raise StepConflict("Step id is already taken.", extra={"step_id": "is already taken"})
+                return existing
+        if run is not None and step_number is not None:
+            Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+            if Step.objects.filter(run=run, step_number=step_number, attempt=attempt).exists():
+                raise IntegrityError(
+                    f"step_unique_run_attempt: run {run.pk} step {step_number} attempt {attempt} is already recorded"
+                )
+        return _step_insert(
+            organization=organization,
+            step_id=step_id,
+            run=run,
+            agent=agent,
+            links=step_links(
+                run=run,
+                agent=agent,
+                project=project,
+                request_id=request_id,
+                user_id=user_id,
+                conversation_id=conversation_id,
+            ),
+            values={
+                "origin": origin,
+                "step_number": step_number,
+                "attempt": attempt,
+                "provider_name": provider_name,
+                "provider_id": provider_id,
+                "provider_category": provider_category,
+                "model": model,
+                "model_handle": model_handle,
+                "model_endpoint": model_endpoint,
+                "context_window_limit": context_window_limit,
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "tid": tid,
+                "tags": sorted(set(tags)),
+                "metadata": metadata or {},
+                "created_at": created_at or timezone.now(),
+            },
+        )
+
+
+def _lock_key(key: str) -> None:
+    """A transaction-scoped lock on `key` (PostgreSQL advisory lock; SQLite's write transactions are serial)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
+
+
+def _step_insert(
+    *,
+    organization: Organization,
+    step_id: str | None,
+    run: Run | None,
+    agent: Agent | None,
+    links: dict[str, Any],
+    values: dict[str, Any],
+) -> Step:
     step = Step(
-        organization=organization,
-        **links,
-        origin=origin,
-        step_number=step_number,
-        attempt=attempt,
-        provider_name=provider_name,
-        provider_id=provider_id,
-        provider_category=provider_category,
-        model=model,
-        model_handle=model_handle,
-        model_endpoint=model_endpoint,
-        context_window_limit=context_window_limit,
-        trace_id=trace_id,
-        span_id=span_id,
-        tid=tid,
-        tags=sorted(set(tags)),
-        metadata=metadata or {},
-        created_at=created_at or timezone.now(),
-        status=StepStatus.PENDING,
-        progression=StepProgression.START,
+        organization=organization, **links, **values, status=StepStatus.PENDING, progression=StepProgression.START
     )
     # The objects stay cached on the step: its outcome's messages name the run and the agent.
     if run is not None:

@@ -236,10 +236,19 @@ STEPLENS_RETENTION_BATCH_SIZE = env.int("STEPLENS_RETENTION_BATCH_SIZE", default
 STEPLENS_RETENTION_INTERVAL_SECONDS = env.float("STEPLENS_RETENTION_INTERVAL_SECONDS", default=3600.0)
 # Deletion jobs (DELETE /v1/steps): steps deleted, and subtracted from the rollups, per transaction.
 STEPLENS_DELETION_BATCH_SIZE = env.int("STEPLENS_DELETION_BATCH_SIZE", default=500)
+# Partitioned storage on PostgreSQL (README "Partitioned storage"): steps and their children are partitioned by
+# the step's created_at in intervals of PARTITION_DAYS (aligned to Mondays 00:00 UTC); the periodic task keeps
+# PARTITION_AHEAD intervals ahead created. A partition create or drop waits at most LOCK_TIMEOUT_MS for its lock,
+# then is left for the next run (ingest and reads never queue behind it for longer).
+STEPLENS_PARTITION_DAYS = env.int("STEPLENS_PARTITION_DAYS", default=7)
+STEPLENS_PARTITION_AHEAD = env.int("STEPLENS_PARTITION_AHEAD", default=4)
+STEPLENS_PARTITION_INTERVAL_SECONDS = env.float("STEPLENS_PARTITION_INTERVAL_SECONDS", default=3600.0)
+STEPLENS_PARTITION_LOCK_TIMEOUT_MS = env.int("STEPLENS_PARTITION_LOCK_TIMEOUT_MS", default=2000)
 CELERY_BEAT_SCHEDULE = {
     "recover-stale-runs": {"task": "agents.recover_stale_runs", "schedule": STEPLENS_SWEEP_SECONDS},
     "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": STEPLENS_SWEEP_SECONDS},
     "apply-retention": {"task": "steps.apply_retention", "schedule": STEPLENS_RETENTION_INTERVAL_SECONDS},
+    "ensure-partitions": {"task": "steps.ensure_partitions", "schedule": STEPLENS_PARTITION_INTERVAL_SECONDS},
 }
 
 # The cache holds the rate-limit counters. CACHE_URL (e.g. redis://host:6379/1) shares them across
@@ -303,6 +312,17 @@ STEPLENS_MONITOR_MAX_NOTIFICATIONS_PER_CYCLE = env.int("STEPLENS_MONITOR_MAX_NOT
 CELERY_BEAT_SCHEDULE["evaluate-monitors"] = {
     "task": "monitors.evaluate_monitors",
     "schedule": STEPLENS_MONITOR_EVALUATE_SECONDS,
+}
+# Alert history (events, deliveries, attempts) older than this many days is removed by a periodic task (every
+# STEPLENS_RETENTION_INTERVAL_SECONDS, in batches of STEPLENS_RETENTION_BATCH_SIZE); empty: kept forever. A
+# monitor's state and its latest event are always kept.
+_alert_retention = env.str("STEPLENS_ALERT_RETENTION_DAYS", default="90").strip()
+STEPLENS_ALERT_RETENTION_DAYS = int(_alert_retention) if _alert_retention else None
+if STEPLENS_ALERT_RETENTION_DAYS is not None and STEPLENS_ALERT_RETENTION_DAYS < 1:
+    raise ValueError("STEPLENS_ALERT_RETENTION_DAYS must be at least 1 (or empty: keep forever).")
+CELERY_BEAT_SCHEDULE["prune-alert-history"] = {
+    "task": "monitors.prune_alert_history",
+    "schedule": STEPLENS_RETENTION_INTERVAL_SECONDS,
 }
 # Webhook and email delivery: attempts (the first included), backoff doubling from BASE up to MAX seconds, the
 # timeout of one webhook POST, and whether URLs may point at private, loopback or link-local addresses.

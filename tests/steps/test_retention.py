@@ -66,7 +66,9 @@ def test_retention_leaves_no_step_older_than_n_days_and_the_last_n_days_report_u
     organization.save()
     old_run = Run.objects.create(organization=organization, request_id="req-old")
     Run.objects.filter(pk=old_run.pk).update(created_at=now - timedelta(days=50))
-    Message.objects.create(organization=organization, run=old_run, role="user", sequence_id=1, content=[])
+    Message.objects.create(
+        organization=organization, run=old_run, role="user", sequence_id=1, content=[], step_created_at=now
+    )
     old = [_record(organization, days_ago=d, now=now, run=old_run if d == 50 else None, i=d) for d in (50, 45, 31)]
     recent = [_record(organization, days_ago=d, now=now, i=d) for d in (29, 10, 1)]
     recent_run = Run.objects.create(organization=organization, request_id="req-new")
