@@ -4,9 +4,11 @@ from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from config.celery import Queue
 from steps.deletion import deletion_run
+from steps.partitions import partitions_ensure_ahead
 from steps.retention import retention_apply
 from steps.services import steps_fail_stale
 
@@ -30,3 +32,12 @@ def apply_retention() -> int:
 def run_deletion(job_id: str) -> int:
     """Run (or resume, when the broker redelivers it after a worker died) a deletion job; returns steps deleted."""
     return deletion_run(job_id=job_id).steps_deleted
+
+
+@shared_task(name="steps.ensure_partitions", queue=Queue.DEFAULT, acks_late=True)
+def ensure_partitions() -> list[str]:
+    """Create the partitions of the next STEPLENS_PARTITION_AHEAD intervals (Celery beat; PostgreSQL, else a no-op).
+
+    Idempotent; a lock it cannot have within STEPLENS_PARTITION_LOCK_TIMEOUT_MS fails this run, the next one
+    creates them (they are made intervals ahead, so a missed run costs nothing)."""
+    return partitions_ensure_ahead(now=timezone.now(), lock_timeout_ms=settings.STEPLENS_PARTITION_LOCK_TIMEOUT_MS)
