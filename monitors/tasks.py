@@ -6,6 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from config.celery import Queue
+from monitors.retention import alert_history_prune
 from monitors.services import deliveries_requeue, delivery_attempt, monitors_evaluate
 
 
@@ -17,6 +18,13 @@ def evaluate_monitors() -> dict:
     deliveries_requeue(older_than=timedelta(seconds=2 * settings.STEPLENS_NOTIFY_RETRY_MAX_SECONDS + 60))
     return {"monitors": report.monitors, "queries": report.queries, "events": report.events,
             "seconds": round(report.seconds, 3)}  # fmt: skip
+
+
+@shared_task(name="monitors.prune_alert_history", queue=Queue.DEFAULT, acks_late=True, ignore_result=True)
+def prune_alert_history() -> dict:
+    """Remove alert history older than STEPLENS_ALERT_RETENTION_DAYS (Celery beat, hourly by default)."""
+    pruned = alert_history_prune()
+    return {"events": pruned.events, "deliveries": pruned.deliveries, "attempts": pruned.attempts}
 
 
 def backoff_seconds(attempt: int) -> float:
