@@ -454,6 +454,9 @@ class RetentionRun(models.Model):
     provider_traces_removed = models.BigIntegerField(default=0)
     runs_removed = models.BigIntegerField(default=0)
     rollup_rows_removed = models.BigIntegerField(default=0)
+    partitions_dropped = models.JSONField(
+        default=list, blank=True, help_text="Whole partitions dropped (PostgreSQL): [{lower, upper, rows}, ...]."
+    )
 
     class Meta:
         ordering = ["-started_at", "-id"]

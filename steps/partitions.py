@@ -126,7 +126,7 @@ def _columns(cursor, table: str) -> list[str]:
     return [f'"{name}"' for (name,) in cursor.fetchall()]
 
 
-def _create_partition(cursor, table: str, key: str, lower: datetime, upper: datetime) -> int:
+def create_partition(cursor, table: str, key: str, lower: datetime, upper: datetime) -> int:
     """Create and attach one partition of `table`, first moving into it the rows the DEFAULT partition holds in its
     range (an attach would fail on them). Returns the rows moved. Attached rather than created PARTITION OF: ATTACH
     takes only a SHARE UPDATE EXCLUSIVE lock on the parent, so reads and writes go on."""
@@ -179,7 +179,7 @@ def partitions_ensure(
             for table, key in PARTITIONED_TABLES:
                 if any(p.lower < upper and lower < p.upper for p in existing.get(table, [])):
                     continue
-                moved = _create_partition(cursor, table, key, lower, upper)
+                moved = create_partition(cursor, table, key, lower, upper)
                 created.append(partition_name(table, lower))
                 if moved:
                     logger.info("partition %s: moved %s rows from the default partition", created[-1], moved)
@@ -222,6 +222,8 @@ def partitions_drop(lower: datetime, upper: datetime, *, lock_timeout_ms: int) -
     try:
         with transaction.atomic(), connections[DEFAULT_DB_ALIAS].cursor() as cursor:
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
+            # A table with deferred FK checks pending in this transaction cannot be dropped: run them now.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
             # Counted just before the drop, without locking the parents (counting under their ACCESS EXCLUSIVE
             # lock would stop every read for as long); nothing writes to a partition past every retention.
             for table, _ in PARTITIONED_TABLES:

@@ -1,9 +1,18 @@
-"""Retention: remove raw step records older than each organization's (or project's) retention, in short batches.
+"""Retention: remove raw step records older than each organization's (or project's) retention: whole partitions
+where it can (PostgreSQL), otherwise in short batches.
 
 Which retention applies to a step: its project's `retention_days` when set, else its organization's, else the
 `STEPLENS_RETENTION_DAYS` default; empty everywhere means keep forever. Each batch (at most
 STEPLENS_RETENTION_BATCH_SIZE steps) is its own short transaction, so no lock is held for long and ingest and
 reads go on meanwhile; a crash mid-way loses nothing, the next run picks up where the last one stopped.
+
+On PostgreSQL the steps tables are partitioned by time (steps.partitions). First, a partition interval [lo, hi)
+is dropped whole (steps, metrics, messages and provider traces at once) when everything in it is past its
+retention: every (organization, project) with steps there, and with step-less messages there, has a cutoff at or
+after `hi`, and no step there is still pending. Who has rows there is read from the partition itself with index
+probes (one per organization and project, not a scan). The DEFAULT partition is never dropped. A drop waits at
+most STEPLENS_PARTITION_LOCK_TIMEOUT_MS for its lock and is otherwise left for the next run. Then the batches
+remove the rest (and the runs left empty).
 
 The usage, errors and subject rollups are NOT touched by default: they are small (one row per hour and
 dimension), and keeping them is what lets last year's costs still add up after the raw rows are gone. Pass
@@ -11,12 +20,13 @@ dimension), and keeping them is what lets last year's costs still add up after t
 older than the cutoff too.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -35,6 +45,7 @@ from steps.models import (
     SubjectRollupDay,
     SubjectRollupHour,
 )
+from steps.partitions import PARTITIONED_TABLES, is_partitioned, partitions_drop, partitions_list
 
 HOUR_ROLLUPS = (StepRollupHour, SubjectRollupHour, ErrorRollupHour)
 DAY_ROLLUPS = (StepRollupDay, SubjectRollupDay, ErrorRollupDay)
@@ -113,6 +124,7 @@ def retention_apply(
     now = now or timezone.now()
     batch_size = batch_size or settings.STEPLENS_RETENTION_BATCH_SIZE
     record = RetentionRun.objects.create(started_at=now, purge_rollups=purge_rollups)
+    _drop_partitions(record, now=now)
     for policy in retention_policies(now=now):
         record.policies.append(policy.describe())
         old_steps = Step.objects.filter(
@@ -137,6 +149,92 @@ def retention_apply(
     record.finished_at = timezone.now()
     record.save()
     return record
+
+
+STEPS, METRICS, MESSAGES, PROVIDER_TRACES = (table for table, _ in PARTITIONED_TABLES)
+
+
+def _cutoffs(now: datetime) -> Callable[[str, str | None], datetime | None]:
+    """(organization id, project id or None) -> the cutoff of the retention in force there (None: forever)."""
+    default = settings.STEPLENS_RETENTION_DAYS
+    org_days = dict(Organization.objects.values_list("id", "retention_days"))
+    project_days = dict(Project.objects.filter(retention_days__isnull=False).values_list("id", "retention_days"))
+
+    def cutoff(organization_id: str, project_id: str | None) -> datetime | None:
+        days = project_days.get(project_id) if project_id is not None else None
+        if days is None:
+            days = org_days.get(organization_id)
+        if days is None:
+            days = default
+        return None if days is None else now - timedelta(days=days)
+
+    return cutoff
+
+
+def _distinct(cursor: Any, table: str, column: str, where: str = "TRUE") -> list[Any]:
+    """The distinct non-NULL values of an indexed column of one partition: a loose index scan (one probe each)."""
+    cursor.execute(
+        f'WITH RECURSIVE v AS (SELECT min("{column}") AS x FROM "{table}" WHERE {where} '
+        f'UNION ALL SELECT (SELECT min("{column}") FROM "{table}" WHERE {where} AND "{column}" > v.x) FROM v '
+        f"WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+    )
+    return [x for (x,) in cursor.fetchall()]
+
+
+def _owners(names: dict[str, str]) -> set[tuple[str, str | None]] | None:
+    """Who has rows in one interval's partitions: (organization, project or None); None when a step there is still
+    pending (it may yet be written to, so the interval is not dropped)."""
+    owners: set[tuple[str, str | None]] = set()
+    project_org = dict(Project.objects.values_list("id", "organization_id"))
+    with connection.cursor() as cursor:
+        steps = names[STEPS]
+        cursor.execute(f"SELECT EXISTS (SELECT 1 FROM \"{steps}\" WHERE status = 'pending')")
+        if cursor.fetchone()[0]:
+            return None
+        for organization_id in _distinct(cursor, steps, "organization_id"):
+            cursor.execute(
+                f'SELECT EXISTS (SELECT 1 FROM "{steps}" WHERE organization_id = %s AND project_id IS NULL)',
+                [organization_id],
+            )
+            if cursor.fetchone()[0]:
+                owners.add((organization_id, None))
+        owners |= {(project_org.get(p, ""), p) for p in _distinct(cursor, steps, "project_id")}
+        if MESSAGES in names:  # messages without a step are partitioned by their own time: whose runs are they?
+            cursor.execute(
+                f'SELECT DISTINCT m.organization_id, r.project_id FROM "{names[MESSAGES]}" m '
+                f"LEFT JOIN {Run._meta.db_table} r ON r.id = m.run_id WHERE m.step_id IS NULL"
+            )
+            owners |= set(cursor.fetchall())
+    return owners
+
+
+def _drop_partitions(record: RetentionRun, *, now: datetime) -> None:
+    """Drop every partition interval whose rows are all past their retention (see the module docstring)."""
+    if not is_partitioned():
+        return
+    cutoff_of = _cutoffs(now)
+    by_bounds: dict[tuple[datetime, datetime], dict[str, str]] = {}
+    for partition in partitions_list():
+        if not partition.is_default and partition.upper <= now:
+            by_bounds.setdefault((partition.lower, partition.upper), {})[partition.table] = partition.name
+    for (lower, upper), names in sorted(by_bounds.items()):
+        if STEPS not in names:
+            continue
+        owners = _owners(names)
+        if not owners:  # a step still pending; or empty (kept: a late span of that interval still has a home)
+            continue
+        cutoffs = [cutoff_of(organization_id, project_id) for organization_id, project_id in owners]
+        if any(cutoff is None or cutoff < upper for cutoff in cutoffs):
+            continue
+        dropped = partitions_drop(lower, upper, lock_timeout_ms=settings.STEPLENS_PARTITION_LOCK_TIMEOUT_MS)
+        if dropped is None:
+            continue
+        record.partitions_dropped.append(dropped.describe())
+        record.steps_removed += dropped.rows.get(STEPS, 0)
+        record.metrics_removed += dropped.rows.get(METRICS, 0)
+        record.messages_removed += dropped.rows.get(MESSAGES, 0)
+        record.provider_traces_removed += dropped.rows.get(PROVIDER_TRACES, 0)
+        record.save()
 
 
 def _purge_rollups(policy: RetentionPolicy, *, batch_size: int) -> int:

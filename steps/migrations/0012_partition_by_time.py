@@ -17,7 +17,13 @@ from django.conf import settings
 from django.db import migrations
 from django.utils import timezone
 
-from steps.partitions import PARTITIONED_TABLES, default_partition_name, partition_floor, partitions_ensure
+from steps.partitions import (
+    PARTITIONED_TABLES,
+    create_partition,
+    default_partition_name,
+    partition_bounds,
+    partition_floor,
+)
 
 BACKFILL_LIMIT = timedelta(days=730)  # rows older than this land in the DEFAULT partition
 
@@ -104,7 +110,9 @@ def partition_tables(apps, schema_editor) -> None:
         end = partition_floor(now) + timedelta(days=settings.STEPLENS_PARTITION_DAYS) * (
             settings.STEPLENS_PARTITION_AHEAD + 1
         )
-        partitions_ensure(start, end, using=connection.alias)
+        for lower, upper in partition_bounds(start, end):  # fresh tables: none exists yet
+            for table, key in PARTITIONED_TABLES:
+                create_partition(cursor, table, key, lower, upper)
         for table, _ in PARTITIONED_TABLES:
             cursor.execute(
                 "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
