@@ -8,7 +8,7 @@ STEPLENS_PARTITION_AHEAD intervals ahead, plus a DEFAULT partition), the rows ar
 already hold the partition key since 0011) and the foreign keys to other tables are created, and the old table is
 dropped. Works on an empty database (test database creation) and on one with rows; it runs in the migration's
 transaction, so it holds its locks until the end: on a large database, plan the downtime (about a minute per
-million steps on a small server). Not reversible on PostgreSQL (say so loudly rather than half-undo it).
+million steps on a small server). The reverse rebuilds plain tables the same way.
 """
 
 from datetime import timedelta
@@ -33,8 +33,10 @@ def _one(cursor, sql: str, params=()):
     return cursor.fetchone()
 
 
-def _rebuild(cursor, table: str, key: str) -> list[str]:
-    """Make `table` partitioned (no partitions yet, no indexes); returns the SQL that finishes it after the copy."""
+def _rebuild(cursor, table: str, key: str, *, partition: bool = True) -> list[str]:
+    """Make `table` partitioned (no partitions but DEFAULT yet, no indexes), or with `partition=False` a plain
+    table again; the old one is renamed `<table>__unpartitioned` (also when it was the partitioned one). Returns the
+    SQL that finishes the new table once the rows are copied."""
     old = f"{table}__unpartitioned"
     (oid,) = _one(cursor, "SELECT to_regclass(%s)::oid", [table])
     referencing = _one(
@@ -52,7 +54,11 @@ def _rebuild(cursor, table: str, key: str) -> list[str]:
         "WHERE c.conrelid = %s AND c.contype = 'p' GROUP BY c.conname",
         [oid],
     )
-    columns = ", ".join(f'"{c}"' for c in [*pk_columns, *([key] if key not in pk_columns else [])])
+    if partition:
+        pk_columns = [*pk_columns, *([key] if key not in pk_columns else [])]
+    else:  # the key was appended; StepMetrics' own key is step_id alone
+        pk_columns = [c for c in pk_columns if c != key]
+    columns = ", ".join(f'"{c}"' for c in pk_columns)
     finish = [f'ALTER TABLE "{table}" ADD CONSTRAINT "{pk_name}" PRIMARY KEY ({columns})']
     # Indexes that back no constraint (Django's Index and partial UniqueConstraint), as they were: same names.
     cursor.execute(
@@ -85,9 +91,11 @@ def _rebuild(cursor, table: str, key: str) -> list[str]:
     cursor.execute(f'ALTER TABLE "{table}" RENAME TO "{old}"')
     cursor.execute(
         f'CREATE TABLE "{table}" (LIKE "{old}" INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING IDENTITY '
-        f'INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION) PARTITION BY RANGE ("{key}")'
+        f"INCLUDING STORAGE INCLUDING COMMENTS INCLUDING COMPRESSION)"
+        + (f' PARTITION BY RANGE ("{key}")' if partition else "")
     )
-    cursor.execute(f'CREATE TABLE "{default_partition_name(table)}" PARTITION OF "{table}" DEFAULT')
+    if partition:
+        cursor.execute(f'CREATE TABLE "{default_partition_name(table)}" PARTITION OF "{table}" DEFAULT')
     if sequence:  # the identity continues where the old sequence was
         finish.append(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), s.last_value, s.is_called) "
@@ -113,28 +121,36 @@ def partition_tables(apps, schema_editor) -> None:
         for lower, upper in partition_bounds(start, end):  # fresh tables: none exists yet
             for table, key in PARTITIONED_TABLES:
                 create_partition(cursor, table, key, lower, upper)
-        for table, _ in PARTITIONED_TABLES:
-            cursor.execute(
-                "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
-                "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-                [table],
-            )
-            (columns,) = cursor.fetchone()
-            cursor.execute(f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{table}__unpartitioned"')
-            copied = cursor.rowcount
-            for statement in finish[table]:
-                cursor.execute(statement)
-            cursor.execute(f'DROP TABLE "{table}__unpartitioned"')
-            if copied:
-                cursor.execute(f'ANALYZE "{table}"')
+        _copy_and_finish(cursor, finish)
 
 
-def refuse_unpartition(apps, schema_editor) -> None:
-    if schema_editor.connection.vendor == "postgresql":
-        raise RuntimeError(
-            "steps 0012 (time-partitioned storage) cannot be undone on PostgreSQL: dump the rows, recreate the "
-            "database at the older migration and load them back"
+def _copy_and_finish(cursor, finish: dict[str, list[str]]) -> None:
+    for table, _ in PARTITIONED_TABLES:
+        cursor.execute(
+            "SELECT string_agg(quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            [table],
         )
+        (columns,) = cursor.fetchone()
+        cursor.execute(f'INSERT INTO "{table}" ({columns}) SELECT {columns} FROM "{table}__unpartitioned"')
+        copied = cursor.rowcount
+        for statement in finish[table]:
+            cursor.execute(statement)
+        cursor.execute(f'DROP TABLE "{table}__unpartitioned"')
+        if copied:
+            cursor.execute(f'ANALYZE "{table}"')
+
+
+def unpartition_tables(apps, schema_editor) -> None:
+    """The reverse: plain tables again, with the same rows, indexes and constraints (the keys as in 0011)."""
+    connection = schema_editor.connection
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        if _one(cursor, "SELECT relkind FROM pg_class WHERE oid = to_regclass('steps_step')")[0] != "p":
+            return
+        finish = {table: _rebuild(cursor, table, key, partition=False) for table, key in PARTITIONED_TABLES}
+        _copy_and_finish(cursor, finish)
 
 
 class Migration(migrations.Migration):
@@ -143,5 +159,5 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.RunPython(partition_tables, refuse_unpartition, elidable=False),
+        migrations.RunPython(partition_tables, unpartition_tables, elidable=False),
     ]

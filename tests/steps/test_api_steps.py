@@ -251,6 +251,7 @@ def test_step_messages_render_the_typed_union_in_sequence_pages(api_client, agen
     step = StepFactory(agent=agent, run=run)
     make = MessageFactory._meta.model.objects.create
     common = {"organization": agent.organization, "agent": agent, "run": run, "step": step}
+    common["step_created_at"] = step.created_at
     make(**common, sequence_id=1, role="system", content=[{"type": "text", "text": "Be brief."}])
     make(**common, sequence_id=2, role="user", content=[{"type": "text", "text": "Weather?"}])
     make(
