@@ -7,8 +7,8 @@ STEPLENS_PARTITION_AHEAD intervals ahead, plus a DEFAULT partition), the rows ar
 (with the partition key appended), every index and unique constraint Django made (same names; the unique ones
 already hold the partition key since 0011) and the foreign keys to other tables are created, and the old table is
 dropped. Works on an empty database (test database creation) and on one with rows; it runs in the migration's
-transaction, so it holds its locks until the end: on a large database, plan the downtime (about a minute per
-million steps on a small server). The reverse rebuilds plain tables the same way.
+transaction, so it holds its locks until the end: on a large database, plan for the downtime. The reverse
+rebuilds plain tables the same way.
 """
 
 from datetime import timedelta
