@@ -25,6 +25,7 @@ from accounts.services import (
     invitation_revoke,
     membership_remove,
     membership_set,
+    membership_set_projects,
     project_create,
     project_rename,
     retention_set,
@@ -175,12 +176,14 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(GrantableRoleMixin, admin.ModelAdmin):
-    """Members and their roles; add people by invitation. The last owner can be neither demoted nor removed."""
+    """Members and their roles; add people by invitation. The last owner can be neither demoted nor removed.
+    A member or viewer may be limited to some projects (empty: the whole organization)."""
 
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["organization", "role"]
     search_fields = ["user__username", "user__email"]
-    fields = ["user", "organization", "role"]
+    fields = ["user", "organization", "role", "projects"]
+    filter_horizontal = ["projects"]
     readonly_fields = ["user", "organization"]
     list_select_related = ["user", "organization"]
 
@@ -207,6 +210,30 @@ class MembershipAdmin(GrantableRoleMixin, admin.ModelAdmin):
             obj.role = Membership.objects.get(pk=obj.pk).role if obj.pk else obj.role
             return
         obj.pk = saved.pk
+
+    def get_form(self, request: HttpRequest, obj: Membership | None = None, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, **kwargs)
+        if obj is not None and "projects" in form.base_fields:  # only the membership's organization's projects
+            form.base_fields["projects"].queryset = Project.objects.filter(organization_id=obj.organization_id)
+        return form
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        """The project limit goes through the service (checked and audited), never the form's own M2M save."""
+        membership = form.instance
+        projects = form.cleaned_data.get("projects")
+        if membership.pk is None or projects is None:
+            return
+        try:
+            membership_set_projects(
+                membership=Membership.objects.get(pk=membership.pk),
+                projects=list(projects),
+                actor=actor_from_request(request),
+                granter_role=granter_role(request, membership.organization_id),
+            )
+        except ApplicationError as exc:
+            if exc.status_code == 403:
+                raise PermissionDenied(exc.message) from exc
+            _fail(request, exc)
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
         try:

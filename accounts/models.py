@@ -18,9 +18,12 @@ class Organization(models.Model):
     """A tenant. Every row Steplens stores belongs to exactly one organization.
 
     `scoped_project_id` is no column: the API's authentication sets it on the request's organization when the
-    key is limited to a project, so selectors that receive the organization can narrow to that project."""
+    key is limited to a project, so selectors that receive the organization can narrow to that project.
+    `scoped_project_ids` is its console twin: the projects a membership is limited to (Membership.projects).
+    `accounts.selectors.project_scope` reads either."""
 
     scoped_project_id: str | None = None
+    scoped_project_ids: tuple[str, ...] | None = None
 
     id = models.CharField(primary_key=True, max_length=64, default=new_org_id, editable=False)
     name = models.CharField(max_length=200, unique=True)
@@ -107,6 +110,10 @@ class Membership(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.VIEWER)
+    projects = models.ManyToManyField(
+        Project, blank=True, related_name="limited_memberships",
+        help_text="Only these projects' steps, runs and agents in the console (empty: the whole organization).",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

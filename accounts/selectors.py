@@ -1,6 +1,7 @@
 """Reads for tenancy."""
 
 from datetime import timedelta
+from typing import Any
 
 from django.db import connection
 from django.db.models import QuerySet
@@ -95,8 +96,35 @@ def audit_list(*, organization: Organization, before_id: int | None = None, acti
     return events
 
 
-def project_scope(organization: Organization, *, field: str = "project_id") -> dict[str, str]:
-    """The extra filter a query of `organization`'s rows needs when its API key is limited to a project
-    ({} otherwise): `Model.objects.filter(organization=organization, **project_scope(organization))`."""
+def scoped_project_ids(organization: Organization) -> list[str] | None:
+    """The projects `organization`'s reads are limited to (an API key's project, or a console member's
+    projects), or None: the whole organization."""
     project_id = getattr(organization, "scoped_project_id", None)
-    return {field: project_id} if project_id else {}
+    if project_id:
+        return [project_id]
+    project_ids = getattr(organization, "scoped_project_ids", None)
+    return list(project_ids) if project_ids else None
+
+
+def project_scope(organization: Organization, *, field: str = "project_id") -> dict[str, Any]:
+    """The extra filter a query of `organization`'s rows needs when its API key is limited to a project, or the
+    console member to some projects ({} otherwise):
+    `Model.objects.filter(organization=organization, **project_scope(organization))`."""
+    project_ids = scoped_project_ids(organization)
+    if not project_ids:
+        return {}
+    return {field: project_ids[0]} if len(project_ids) == 1 else {f"{field}__in": project_ids}
+
+
+def user_project_limits(*, user: object) -> dict[str, list[str]]:
+    """{organization id: [project id, ...]} for the memberships of `user` limited to some projects (a membership
+    without projects sees its whole organization and is not in the answer)."""
+    if not getattr(user, "is_authenticated", False) or not getattr(user, "pk", None):
+        return {}
+    limits: dict[str, list[str]] = {}
+    rows = Membership.projects.through.objects.filter(membership__user=user).values_list(
+        "membership__organization_id", "project_id"
+    )
+    for organization_id, project_id in rows.order_by("project_id"):
+        limits.setdefault(organization_id, []).append(project_id)
+    return limits

@@ -5,6 +5,7 @@ the same transaction, so a change and its audit row are written together or not 
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from accounts.audit import SYSTEM, Actor
 from accounts.models import ApiKey, ApiKeyScope, AuditEvent, Invitation, Membership, Organization, Project, Role
-from accounts.roles import role_can_grant
+from accounts.roles import Capability, role_allows, role_can_grant
 from config.errors import ApplicationError
 
 KEY_PREFIX = "sl-"
@@ -239,6 +240,46 @@ def membership_set(
         )
     _set_audited(target=membership, field="role", value=role, action="member.role", actor=actor,
                  organization=organization, context={"user": user.get_username()})  # fmt: skip
+    if role_allows(role, Capability.MANAGE) and membership.projects.exists():
+        # Owners and admins manage the whole organization (its keys and members): a project limit would not hold.
+        _set_projects_audited(membership, [], actor=actor)
+    return membership
+
+
+def _set_projects_audited(membership: Membership, projects: list[Project], *, actor: Actor) -> None:
+    before = sorted(membership.projects.values_list("name", flat=True))
+    membership.projects.set(projects)
+    audit_record(
+        actor=actor, action="member.projects", organization=membership.organization_id, target=membership,
+        before={"user": membership.user.get_username(), "projects": before},
+        after={"user": membership.user.get_username(), "projects": sorted(p.name for p in projects)},
+    )  # fmt: skip
+
+
+@transaction.atomic
+def membership_set_projects(
+    *,
+    membership: Membership,
+    projects: Sequence[Project],
+    actor: Actor = SYSTEM,
+    granter_role: str | None = Role.OWNER,
+) -> Membership:
+    """Limit a member or viewer to some projects of their organization (empty: the whole organization): in the
+    console they then see only those projects' steps, runs, agents, reports and monitors. Owners and admins cannot
+    be limited (they manage the organization's keys and members, 400). Audited with the project names."""
+    _check_grant(granter_role=granter_role, role=membership.role)
+    projects = list(projects)
+    if any(project.organization_id != membership.organization_id for project in projects):
+        raise ApplicationError("No such project.", extra={"projects": ["Not a project of this organization."]},
+                               status_code=404)  # fmt: skip
+    if projects and role_allows(membership.role, Capability.MANAGE):
+        raise ApplicationError(
+            "Owners and admins manage the whole organization and cannot be limited to projects.",
+            extra={"projects": [f"A {membership.role} sees every project."]},
+        )
+    current = set(membership.projects.values_list("pk", flat=True))
+    if current != {project.pk for project in projects}:
+        _set_projects_audited(membership, projects, actor=actor)
     return membership
 
 

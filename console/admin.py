@@ -121,6 +121,8 @@ class StepConsoleAdmin(OrganizationScopedAdmin, StepAdmin):
 
     Feedback and tags (the actions and the step page's form) need `annotate` in the step's organization."""
 
+    project_lookup = "project_id"
+
     list_display = [
         "time",
         "agent_name",
@@ -251,14 +253,17 @@ class StepConsoleAdmin(OrganizationScopedAdmin, StepAdmin):
 
 class StepMetricsConsoleAdmin(OrganizationScopedAdmin, StepMetricsAdmin):
     organization_lookup = "step__organization_id"
+    project_lookup = "step__project_id"
     paginator = StepPaginator
 
 
 class MessageConsoleAdmin(OrganizationScopedAdmin, MessageAdmin):
+    project_lookup = "step__project_id"
     paginator = StepPaginator
 
 
 class AgentConsoleAdmin(OrganizationScopedAdmin, AgentAdmin):
+    project_lookup = "project_id"
     list_display = [*AgentAdmin.list_display, "steps"]
 
     @admin.display(description="steps")
@@ -269,6 +274,7 @@ class AgentConsoleAdmin(OrganizationScopedAdmin, AgentAdmin):
 class RunConsoleAdmin(OrganizationScopedAdmin, RunAdmin):
     """A run's page is its waterfall (steps and tool calls on one time axis) instead of a form."""
 
+    project_lookup = "project_id"
     paginator = StepPaginator
 
     def change_view(
@@ -278,6 +284,7 @@ class RunConsoleAdmin(OrganizationScopedAdmin, RunAdmin):
 
 
 class ProviderTraceConsoleAdmin(OrganizationScopedAdmin, ProviderTraceAdmin):
+    project_lookup = "step__project_id"
     list_display = ["step_link", "attempt", "provider", "model", "latency_ms", "error_type", "created_at"]
     paginator = StepPaginator
 

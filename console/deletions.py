@@ -45,6 +45,7 @@ def steps_delete_matching_view(model_admin: Any, request: HttpRequest) -> HttpRe
     try:
         if unsupported:
             raise ApplicationError(f"These parameters cannot be applied to a deletion: {', '.join(unsupported)}.")
+        _limit_to_one_project(scope.project_ids(organization.pk), organization, filters)
         if request.method == "POST":
             with transaction.atomic():
                 job = deletion_create(organization=organization, params=filters)
@@ -68,3 +69,17 @@ def steps_delete_matching_view(model_admin: Any, request: HttpRequest) -> HttpRe
         "changelist_url": changelist_url,
     }
     return TemplateResponse(request, "admin/steps/step/delete_matching.html", context)
+
+
+def _limit_to_one_project(project_ids: list[str] | None, organization: Any, filters: QueryDict) -> None:
+    """A membership limited to some projects deletes inside one of them: the job keeps one project as its scope
+    (steps.deletion's `project_scope`), so it is the person's only project or the one the filter names."""
+    if not project_ids:
+        return
+    asked = {v for raw in filters.getlist("project_id") for v in raw.split(",") if v} & set(project_ids)
+    if len(project_ids) == 1:
+        organization.scoped_project_id = project_ids[0]
+    elif len(asked) == 1:
+        organization.scoped_project_id = asked.pop()
+    else:
+        raise ApplicationError("Your membership is limited to some projects: filter on one of them to delete.")

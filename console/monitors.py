@@ -20,7 +20,7 @@ from django.utils.dateparse import parse_datetime
 
 from accounts.models import Organization
 from accounts.roles import Capability
-from config.errors import ApplicationError
+from config.errors import ApplicationError, NotFound
 from console import charts
 from console.scoping import console_scope
 from monitors import evaluation, payloads, selectors, services
@@ -112,11 +112,15 @@ def monitors_view(request: HttpRequest) -> HttpResponse:
 
 
 def _monitor(request: HttpRequest, monitor_id: str, capability: Capability) -> Monitor:
-    organization = selectors.monitor_organization(monitor_id=monitor_id)
+    # Narrowed to a limited membership's projects: another project's monitor is then not found.
+    organization = console_scope(request).narrow(selectors.monitor_organization(monitor_id=monitor_id))
     if organization is None or not console_scope(request).can_read(organization.pk):
         raise Http404("Monitor not found.")
     _need(request, capability, organization)
-    return selectors.monitor_get(organization=organization, monitor_id=monitor_id)
+    try:
+        return selectors.monitor_get(organization=organization, monitor_id=monitor_id)
+    except NotFound as exc:
+        raise Http404("Monitor not found.") from exc
 
 
 def monitor_detail_view(request: HttpRequest, monitor_id: str) -> HttpResponse:

@@ -4,8 +4,11 @@ organizations they belong to, with what their role there allows.
 The reusable pieces, for any console page or model admin:
 
 - `console_scope(request)` -> ConsoleScope: the person's organizations and roles, the current organization
-  (the switcher's choice), `scope.filter(queryset, lookup)` to narrow any queryset, `scope.allows(capability,
-  organization_id)` for a role check, and `scope.organization_or_404(id)` for a page's `?organization=`.
+  (the switcher's choice), `scope.filter(queryset, lookup, project_lookup)` to narrow any queryset,
+  `scope.allows(capability, organization_id)` for a role check, and `scope.organization_or_404(id)` for a page's
+  `?organization=`. A membership limited to some projects (Membership.projects) sees only those projects' rows:
+  the organizations the scope hands out carry `scoped_project_ids` (so the selectors and reports narrow, as for
+  a project-limited API key), and `scope.narrow(organization)` does the same for one found another way.
 - `OrganizationScopedAdmin`: a ModelAdmin mixin. Querysets, object pages (change, delete, history), actions,
   autocomplete and related-field choices are narrowed to the person's organizations; an object outside them is a
   404 everywhere (also for superusers when it does not exist: never the admin's redirect); a write the role does
@@ -25,15 +28,15 @@ from django import forms
 from django.contrib import admin
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.core.exceptions import PermissionDenied
-from django.db.models import Model, QuerySet
+from django.db.models import Model, Q, QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 
 from accounts.audit import actor_from_request
 from accounts.backends import cached_user_roles
 from accounts.middleware import SESSION_ORGANIZATION
-from accounts.models import Organization, Project
+from accounts.models import Membership, Organization, Project
 from accounts.roles import MEMBER_APPS, Capability, role_allows
-from accounts.selectors import organization_list_for
+from accounts.selectors import organization_list_for, user_project_limits
 from accounts.services import audit_record
 
 _REQUEST_CACHE = "_steplens_console_scope"
@@ -46,6 +49,8 @@ class ConsoleScope:
     everything: bool
     roles: dict[str, str] = field(default_factory=dict)
     chosen: str | None = None
+    # {organization id: [project id, ...]} for memberships limited to some projects; others see every project.
+    projects: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def organization_ids(self) -> list[str] | None:
@@ -65,11 +70,35 @@ class ConsoleScope:
     def role(self, organization_id: str | None) -> str | None:
         return "superuser" if self.everything else self.roles.get(organization_id or "")
 
-    def filter(self, queryset: QuerySet, lookup: str = "organization_id") -> QuerySet:
-        """`queryset` narrowed to the readable organizations (`lookup` leads to the organization's id)."""
+    def filter(
+        self, queryset: QuerySet, lookup: str = "organization_id", project_lookup: str | None = None
+    ) -> QuerySet:
+        """`queryset` narrowed to the readable organizations (`lookup` leads to the organization's id) and, with
+        `project_lookup` (the path to the row's project id), to the projects a limited membership may read."""
         if self.everything:
             return queryset
-        return queryset.filter(**{f"{lookup}__in": list(self.roles)})
+        limited = {pk: ids for pk, ids in self.projects.items() if pk in self.roles} if project_lookup else {}
+        if not limited:
+            return queryset.filter(**{f"{lookup}__in": list(self.roles)})
+        readable = Q(**{f"{lookup}__in": [pk for pk in self.roles if pk not in limited]})
+        for organization_id, project_ids in limited.items():
+            readable |= Q(**{lookup: organization_id, f"{project_lookup}__in": project_ids})
+        return queryset.filter(readable)
+
+    def project_ids(self, organization_id: str | None) -> list[str] | None:
+        """The projects the person may read in `organization_id`; None: all of them."""
+        if self.everything or organization_id is None:
+            return None
+        return self.projects.get(organization_id) or None
+
+    def narrow(self, organization: Organization | None) -> Organization | None:
+        """`organization` (the same instance) carrying the person's project limit there, if any: the selectors
+        and reports that receive it then read only those projects (accounts.selectors.project_scope)."""
+        if organization is not None:
+            project_ids = self.project_ids(organization.pk)
+            if project_ids:
+                organization.scoped_project_ids = tuple(project_ids)
+        return organization
 
     def organizations(self) -> QuerySet[Organization]:
         return organization_list_for(organization_ids=self.organization_ids)
@@ -92,14 +121,14 @@ class ConsoleScope:
         return first
 
     def current(self) -> Organization | None:
-        return self.organizations().filter(pk=self.current_id).first() if self.current_id else None
+        return self.narrow(self.organizations().filter(pk=self.current_id).first()) if self.current_id else None
 
     def organization_or_404(self, organization_id: str) -> Organization:
         """A page's `?organization=`: a readable organization, else 404 (another organization's is not found)."""
         found = self.organizations().filter(pk=organization_id).first() if self.can_read(organization_id) else None
         if found is None:
             raise Http404("No such organization.")
-        return found
+        return self.narrow(found)
 
 
 def console_scope(request: HttpRequest) -> ConsoleScope:
@@ -111,7 +140,8 @@ def console_scope(request: HttpRequest) -> ConsoleScope:
         roles = {} if everything or not getattr(user, "is_authenticated", False) else cached_user_roles(user)
         session = getattr(request, "session", None)
         chosen = session.get(SESSION_ORGANIZATION) if session is not None else None
-        scope = ConsoleScope(everything=everything, roles=roles, chosen=chosen)
+        projects = user_project_limits(user=user) if roles else {}
+        scope = ConsoleScope(everything=everything, roles=roles, chosen=chosen, projects=projects)
         setattr(request, _REQUEST_CACHE, scope)
     return scope
 
@@ -134,6 +164,8 @@ class OrganizationScopedAdmin:
     organization (a model admin of a member-writable model lowers it)."""
 
     organization_lookup: str | None = "organization_id"
+    # The path from the model to its project's id, for models whose rows a project-limited membership narrows.
+    project_lookup: str | None = None
     write_capability: Capability = Capability.MANAGE
 
     # --- rows ---
@@ -145,7 +177,7 @@ class OrganizationScopedAdmin:
             return queryset
         if self.organization_lookup is None:
             return queryset.none()
-        return scope.filter(queryset, self.organization_lookup)
+        return scope.filter(queryset, self.organization_lookup, self.project_lookup)
 
     def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Model:
         """Another organization's object (or none at all) is a 404, never the admin's redirect to the index."""
@@ -307,8 +339,11 @@ def scope_registered_admins(site: admin.AdminSite) -> None:
             lookup = "organization_id"
         else:
             lookup = None
+        project_lookup = getattr(model_admin, "project_lookup", None)  # the admin's own, if it names one
+        if project_lookup is None and "project" in field_names and model is not Membership:
+            project_lookup = "project_id"
         site.unregister(model)
-        site.register(model, scoped(type(model_admin), organization_lookup=lookup))
+        site.register(model, scoped(type(model_admin), organization_lookup=lookup, project_lookup=project_lookup))
 
 
 class MemberAuthenticationForm(AdminAuthenticationForm):

@@ -29,7 +29,7 @@ from accounts.models import Organization
 from accounts.roles import Capability
 from accounts.services import invitation_accept, invitation_for_token, user_get_or_create
 from agents.selectors import agent_choices, run_get, run_organization
-from config.errors import ApplicationError
+from config.errors import ApplicationError, NotFound
 from console import charts
 from console.charts import BarChart, HBarRow, Series
 from console.dashboard import PERIODS, Period, by_bucket, by_bucket_and_model, dashboard_get, errors_get, period_get
@@ -349,11 +349,15 @@ CONVERSATION_LIMIT = 300
 def _page_object(
     model_admin: Any, request: HttpRequest, *, organization: Organization | None, get: Callable[..., Model]
 ) -> Model:
-    """The object a console page shows, read through `get(organization=...)`; 404 without an organization,
-    403 when the user may not view it."""
-    if organization is None or not console_scope(request).can_read(organization.pk):
+    """The object a console page shows, read through `get(organization=...)`; 404 without an organization (or
+    outside the projects the person's membership is limited to), 403 when the user may not view it."""
+    scope = console_scope(request)
+    if organization is None or not scope.can_read(organization.pk):
         raise Http404(f"{model_admin.model._meta.verbose_name.capitalize()} not found.")
-    found = get(organization=organization)
+    try:
+        found = get(organization=scope.narrow(organization))
+    except NotFound as exc:  # outside the projects the membership is limited to
+        raise Http404(f"{model_admin.model._meta.verbose_name.capitalize()} not found.") from exc
     if not model_admin.has_view_or_change_permission(request, found):
         raise PermissionDenied
     return found
@@ -426,8 +430,8 @@ def step_feedback_view(model_admin: Any, request: HttpRequest, object_id: str) -
     """Set feedback and add/remove tags through steps.services.step_set_feedback (the API's write path)."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
-    organization = step_organization(step_id=object_id)
     scope = console_scope(request)
+    organization = scope.narrow(step_organization(step_id=object_id))
     if organization is None or not scope.can_read(organization.pk):
         raise Http404("Step not found.")
     if not (request.user.has_perm("steps.change_step") and scope.allows(Capability.ANNOTATE, organization.pk)):
@@ -444,6 +448,8 @@ def step_feedback_view(model_admin: Any, request: HttpRequest, object_id: str) -
             add_tags=add,
             remove_tags=remove,
         )
+    except NotFound as exc:  # outside the projects the membership is limited to
+        raise Http404("Step not found.") from exc
     except ApplicationError as exc:
         messages.error(request, f"{exc} {exc.extra or ''}")
     else:

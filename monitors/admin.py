@@ -36,6 +36,8 @@ class DeliveryAttemptInline(admin.TabularInline):
 
 @admin.register(AlertEvent)
 class AlertEventAdmin(_ReadOnly):
+    # A console membership limited to projects sees the events and notifications of its projects' monitors.
+    project_lookup = "monitor__project_id"
     list_display = ["created_at", "monitor", "group", "previous_state", "state", "value", "threshold", "steps"]
     list_filter = ["state"]
     search_fields = ["=id", "=monitor__id"]
@@ -44,6 +46,8 @@ class AlertEventAdmin(_ReadOnly):
 
 @admin.register(Delivery)
 class DeliveryAdmin(_ReadOnly):
+    # A console membership limited to projects sees the events and notifications of its projects' monitors.
+    project_lookup = "monitor__project_id"
     list_display = ["created_at", "monitor", "kind", "destination", "status", "attempts", "last_status_code"]
     list_filter = ["status", "kind"]
     raw_id_fields = ["monitor", "event"]

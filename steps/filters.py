@@ -21,7 +21,7 @@ from django.http import QueryDict
 from django_filters.fields import IsoDateTimeField
 
 from accounts.models import Organization
-from accounts.selectors import project_scope
+from accounts.selectors import project_scope, scoped_project_ids
 from agents.models import StopReason
 from config.errors import ApplicationError
 from steps.models import Feedback, Step, StepStatus
@@ -310,9 +310,15 @@ def step_filterset(
     """A validated StepFilterSet over `organization`'s steps; invalid values raise a 400 naming each field."""
     base = queryset if queryset is not None else Step.objects.all()
     data, scoped = _as_querydict(params), project_scope(organization)
-    if scoped:  # a project-limited API key: its project whatever was asked (so the rollup path narrows too)
+    if scoped:
+        # A project-limited API key (or console member): the asked projects among its own, else all its own,
+        # never another (so the rollup path narrows too).
+        allowed = scoped_project_ids(organization) or []
+        raw = data.getlist("project_id") + data.getlist("project_id[]")
+        asked = {value for item in raw for value in str(item).split(",") if value}
         data = data.copy()
-        data.setlist("project_id", [scoped["project_id"]])
+        data.pop("project_id[]", None)
+        data.setlist("project_id", sorted(asked & set(allowed)) or allowed)
     filterset = StepFilterSet(data=data, queryset=base.filter(organization=organization, **scoped))
     if not filterset.is_valid():
         raise ApplicationError("Invalid query parameters.", extra=filter_errors(filterset))

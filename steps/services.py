@@ -21,6 +21,7 @@ from pydantic import TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from accounts.models import Organization, Project
+from accounts.selectors import project_scope
 from agents.models import Agent, Run, RunStatus, StopReason
 from config.errors import ApplicationError, NotFound
 from steps.models import (
@@ -411,7 +412,11 @@ def step_set_feedback(
     remove_tags: Sequence[str] = (),
 ) -> Step:
     """Set or clear feedback and add/remove tags; tags are never replaced wholesale."""
-    step = Step.objects.select_for_update().filter(pk=step_id, organization=organization).first()
+    step = (
+        Step.objects.select_for_update()
+        .filter(pk=step_id, organization=organization, **project_scope(organization))
+        .first()
+    )
     if step is None:
         raise NotFound("Step not found.")
     if set_feedback:

@@ -18,6 +18,7 @@ from accounts.models import ApiKey, AuditEvent, Membership, Role
 from accounts.services import api_key_create, audit_record
 from agents.models import Agent
 from monitors.services import monitor_create
+from steps.models import Step
 from steps.rollups import step_rollup_add
 from tests.factories import AgentFactory, OrganizationFactory, ProjectFactory, RunFactory, StepFactory
 
@@ -166,6 +167,16 @@ def test_a_project_limited_full_key_writes_into_its_project(world):
     )
     assert response.status_code == 201, response.content
     assert Agent.objects.get(name="made-by-key").project == world["mine"]
+    # Feedback and tags: its project's steps only; another project's step is not found.
+    client = _client(world["keys"]["full@mine"])
+    theirs = client.patch(f"/v1/steps/{world['ids']['theirs']['step_id']}/feedback", {"feedback": "negative"},
+                          format="json")  # fmt: skip
+    assert theirs.status_code == 404 and theirs.json()["error"] == "not_found"
+    mine = client.patch(
+        f"/v1/steps/{world['ids']['mine']['step_id']}/feedback", {"feedback": "positive"}, format="json"
+    )
+    assert mine.status_code == 200 and mine.json()["feedback"] == "positive"
+    assert Step.objects.get(pk=world["ids"]["theirs"]["step_id"]).feedback is None
 
 
 def test_audit_log_is_read_with_a_full_key_newest_first_and_paged(world):
