@@ -166,3 +166,26 @@ def test_add_member_command_limits_to_projects(org):
     call_command("add_member", "--organization", "alpha", "--username", "ana", "--role", "viewer", stdout=io.StringIO())
     assert membership.projects.count() == 2  # no --project: the limit stays as it was
     assert Step.objects.count() == 2
+
+
+def test_an_owner_limits_a_member_in_the_console_and_only_the_organizations_projects_are_offered(org):
+    owner = _client(org, "owner")
+    membership = Membership.objects.get(user=org["users"]["member"])
+    url = reverse("admin:accounts_membership_change", args=[membership.pk])
+    page = owner.get(url)
+    offered = {str(pk) for pk, _ in page.context["adminform"].form.fields["projects"].choices}
+    assert offered == {org["web"]["project"].pk, org["ops"]["project"].pk}
+    foreign = ProjectFactory(organization=OrganizationFactory())
+    refused = owner.post(url, {"role": "member", "projects": [foreign.pk]})
+    assert refused.status_code == 200 and "projects" in refused.context["adminform"].form.errors
+    assert not membership.projects.exists()
+    response = owner.post(url, {"role": "member", "projects": [org["ops"]["project"].pk]})
+    assert response.status_code == 302
+    assert list(membership.projects.values_list("name", flat=True)) == ["ops"]
+    event = AuditEvent.objects.get(action="member.projects", target_id=str(membership.pk))
+    assert event.actor == "owner" and event.after["projects"] == ["ops"]
+    html = _client(org, "member").get(reverse("admin:steps_step_changelist"), follow=True).content.decode()
+    assert org["ops"]["step"].pk in html and org["web"]["step"].pk not in html
+    # Lifting the limit (no project chosen) shows the whole organization again.
+    owner.post(url, {"role": "member"})
+    assert not membership.projects.exists()
