@@ -239,3 +239,26 @@ def partitions_drop(lower: datetime, upper: datetime, *, lock_timeout_ms: int) -
         logger.warning("partitions [%s, %s) not dropped now: %s", lower, upper, exc)
         return None
     return DroppedPartition(lower, upper, rows)
+
+
+def keep_group_by_whole() -> None:
+    """Stop Django from grouping the partitioned models by their `id` alone (called once, from StepsConfig.ready).
+
+    On PostgreSQL Django shortens `GROUP BY <every selected column>` to `GROUP BY <primary key>`, which PostgreSQL
+    accepts only when that column is the table's whole primary key. On the partitioned tables the primary key is
+    (id, partition key), so such a query (say `.values().annotate(Count(...))`) would fail there; these models
+    group by their selected columns instead. Every other model keeps Django's behaviour."""
+    try:
+        from django.db.backends.postgresql.features import DatabaseFeatures
+    except ImportError:  # no PostgreSQL driver installed: nothing to adjust
+        return
+    if getattr(DatabaseFeatures.allows_group_by_selected_pks_on_model, "partition_aware", False):
+        return
+    original = DatabaseFeatures.allows_group_by_selected_pks_on_model
+    tables = {table for table, _ in PARTITIONED_TABLES}
+
+    def allows_group_by_selected_pks_on_model(self, model) -> bool:
+        return model._meta.db_table not in tables and original(self, model)
+
+    allows_group_by_selected_pks_on_model.partition_aware = True  # type: ignore[attr-defined]
+    DatabaseFeatures.allows_group_by_selected_pks_on_model = allows_group_by_selected_pks_on_model
