@@ -11,8 +11,8 @@ class IngestBatchAdmin(admin.ModelAdmin):
     """The durable OTLP ingest queue: what was accepted, what was mapped, and why a batch failed."""
 
     list_display = [
-        "id", "organization", "status", "span_count", "rejected_at_accept", "body_bytes", "attempts", "received_at",
-        "processed_at", "short_error",
+        "id", "organization", "project", "status", "span_count", "rejected_at_accept", "body_bytes", "attempts",
+        "received_at", "processed_at", "short_error",
     ]  # fmt: skip
     list_filter = ["status", "organization"]
     readonly_fields = [f.name for f in IngestBatch._meta.fields if f.name != "body"]
