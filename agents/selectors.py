@@ -29,8 +29,10 @@ def agent_find(*, organization: Organization, name_or_id: str) -> Agent:
 
 
 def agent_choices(*, organization: Organization, limit: int = 500) -> list[tuple[str, str]]:
-    """(id, name) of `organization`'s agents by name, deleted ones included: their steps are still there."""
-    return list(Agent.objects.filter(organization=organization).order_by("name").values_list("pk", "name")[:limit])
+    """(id, name) of `organization`'s agents by name, deleted ones included: their steps are still there. Narrowed
+    to the projects the organization is scoped to (a project-limited key or console membership)."""
+    agents = Agent.objects.filter(organization=organization, **project_scope(organization))
+    return list(agents.order_by("name").values_list("pk", "name")[:limit])
 
 
 def agent_tags(*, organization_id: str | None = None) -> list[str]:

@@ -125,6 +125,7 @@ def test_a_limited_members_dashboard_and_errors_count_its_projects_like_a_key_of
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
     usage = api.get("/v1/usage", dashboard.context["period"].params()).json()["data"][0]
     assert overall["steps"] == usage["steps"] == 1 and overall["total_tokens"] == usage["total_tokens"] == 120
+    assert [name for _, name in dashboard.context["agents"]] == ["web-agent"]  # the agent menu, too
     errors = client.get(reverse("admin:errors"), {"period": "7d"}).context["page"]
     assert errors.total_steps == 1 and errors.total_errors == 0  # the failed step is ops's
     whole = _client(org, "member").get(reverse("admin:dashboard"), {"period": "7d"}).context["overall"]
