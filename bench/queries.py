@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,11 +35,10 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 from django.db.models import Count  # noqa: E402
-from rest_framework.test import APIClient  # noqa: E402
 
 from accounts.models import Organization  # noqa: E402
-from accounts.services import api_key_create  # noqa: E402
 from agents.models import Run  # noqa: E402
+from bench.measure import api_client, measure  # noqa: E402
 from steps.models import Message, Step  # noqa: E402
 
 TARGETS_MS = {
@@ -63,29 +60,6 @@ def _seed(organization_name: str, count: int) -> Organization:
     return organization
 
 
-def _client(organization: Organization) -> APIClient:
-    _, raw_key = api_key_create(organization=organization, name="bench")
-    client = APIClient(SERVER_NAME="localhost")
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw_key}")
-    return client
-
-
-def _measure(call: Callable[[int], object], runs: int, warmup: int = 3) -> tuple[float, float, float, object]:
-    """p50 and p95 wall-clock ms, and the p50 CPU ms this process spent (the Django side, without the database)."""
-    result = None
-    for i in range(warmup):
-        result = call(i)
-    timings, cpu = [], []
-    for i in range(runs):
-        started, started_cpu = time.perf_counter(), time.process_time()
-        result = call(i)
-        timings.append((time.perf_counter() - started) * 1000)
-        cpu.append((time.process_time() - started_cpu) * 1000)
-    timings.sort()
-    p95 = timings[min(len(timings) - 1, round(0.95 * (len(timings) - 1)))]
-    return statistics.median(timings), p95, statistics.median(cpu), result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1_000_000, help="Steps the organization should have.")
@@ -100,7 +74,7 @@ def main() -> None:
     call_command("migrate", "--noinput", verbosity=0)  # a new database needs the tables first
 
     organization = _seed(args.organization, args.count)
-    client = _client(organization)
+    client = api_client(organization)
     rng = random.Random(1)
     total = Step.objects.filter(organization=organization).count()
 
@@ -197,7 +171,7 @@ def main() -> None:
         if args.only not in name:
             continue
         runs = args.runs if "scan" not in name else max(3, args.runs // 5)
-        p50, p95, cpu, result = _measure(call, runs, warmup=1 if "scan" in name else 3)
+        p50, p95, cpu, result = measure(call, runs, warmup=1 if "scan" in name else 3)
         target = TARGETS_MS.get(name)
         verdict = f"≤{target}" if target else ""
         source = result.get("source", "") if isinstance(result, dict) else ""
