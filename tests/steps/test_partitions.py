@@ -174,9 +174,12 @@ def test_windowed_queries_touch_only_the_partitions_of_their_window(postgres, db
         assert response.status_code == 200, response.content
         windowed = [q["sql"] for q in queries if "steps_step" in q["sql"] and q["sql"].lstrip().startswith("SELECT")]
         assert windowed, f"{path} read no steps"
+        read: set[str] = set()
         for sql in windowed:
             touched = _touched_partitions(sql)
             assert touched <= window, f"{path}: {sorted(touched - window)} outside the window in {sql}"
+            read |= touched
+        assert read, f"{path} read no partition at all"
 
 
 def test_otlp_ingest_of_an_old_span_sent_twice_stores_one_step(postgres, db, api_client):
