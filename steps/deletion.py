@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, F, OuterRef
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -143,8 +143,8 @@ def _batch(job: DeletionJob, batch_size: int) -> bool:
         ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch_size])
         if not ids:
             job.status = DeletionStatus.SUCCEEDED
-            job.finished_at = timezone.now()
-            job.save(update_fields=["status", "finished_at"])
+            job.finished_at = job.updated_at = timezone.now()
+            job.save(update_fields=["status", "finished_at", "updated_at"])
             return False
         steps = list(Step.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
         _subtract_rollups(steps)
@@ -162,6 +162,7 @@ def _batch(job: DeletionJob, batch_size: int) -> bool:
         job.messages_deleted += counts.get(Message._meta.label, 0) + run_counts.get(Message._meta.label, 0)
         job.provider_traces_deleted += counts.get(ProviderTrace._meta.label, 0)
         job.runs_deleted += run_counts.get(Run._meta.label, 0)
+        job.updated_at = timezone.now()
         job.save()
         return True
 
@@ -170,14 +171,35 @@ def deletion_run(*, job_id: str, batch_size: int | None = None) -> DeletionJob:
     """Run (or resume) a deletion job to the end; safe to call again after a crash or when it already ended."""
     batch_size = batch_size or settings.STEPLENS_DELETION_BATCH_SIZE
     job = DeletionJob.objects.get(pk=job_id)
+    if job.status != DeletionStatus.SUCCEEDED:
+        DeletionJob.objects.filter(pk=job_id).update(attempts=F("attempts") + 1, updated_at=timezone.now())
     try:
         while _batch(job, batch_size):
             pass
     except Exception as exc:
-        # The batch that raised rolled back whole; `failed` tells whoever looks, and running the job again resumes.
-        DeletionJob.objects.filter(pk=job_id).update(status=DeletionStatus.FAILED, error=type(exc).__name__)
+        # The batch that raised rolled back whole; `failed` tells whoever looks, and the sweep (or running the job
+        # again) resumes it at its cursor.
+        DeletionJob.objects.filter(pk=job_id).update(
+            status=DeletionStatus.FAILED, error=type(exc).__name__, updated_at=timezone.now()
+        )
         raise
     return DeletionJob.objects.get(pk=job_id)
+
+
+def deletions_to_resume(*, now: datetime) -> list[str]:
+    """Jobs to start again: not finished, nothing done for STEPLENS_DELETION_RESUME_SECONDS (a task the broker lost,
+    a worker gone for good, a batch that failed on a database outage), fewer than STEPLENS_DELETION_MAX_ATTEMPTS
+    starts so far. A job that fails that many times stays `failed` with its error, for a person to look at."""
+    stale_before = now - timedelta(seconds=settings.STEPLENS_DELETION_RESUME_SECONDS)
+    return list(
+        DeletionJob.objects.filter(
+            status__in=[DeletionStatus.PENDING, DeletionStatus.RUNNING, DeletionStatus.FAILED],
+            updated_at__lt=stale_before,
+            attempts__lt=settings.STEPLENS_DELETION_MAX_ATTEMPTS,
+        )
+        .order_by("updated_at")
+        .values_list("pk", flat=True)
+    )
 
 
 def deletion_get(*, organization: Organization, job_id: str) -> DeletionJob:

@@ -493,11 +493,16 @@ class DeletionJob(models.Model):
     provider_traces_deleted = models.BigIntegerField(default=0)
     runs_deleted = models.BigIntegerField(default=0)
     error = models.TextField(blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Times a worker started (or resumed) the job; the sweep stops resuming at the limit."
+    )
     created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now, help_text="Last start, batch or failure.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "updated_at"], name="deletion_status_updated")]
 
     def __str__(self) -> str:
         return self.id

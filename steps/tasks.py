@@ -7,7 +7,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from config.celery import Queue
-from steps.deletion import deletion_run
+from steps.deletion import deletion_run, deletions_to_resume
 from steps.partitions import partitions_ensure_ahead
 from steps.retention import retention_apply
 from steps.services import steps_fail_stale
@@ -32,6 +32,17 @@ def apply_retention() -> int:
 def run_deletion(job_id: str) -> int:
     """Run (or resume, when the broker redelivers it after a worker died) a deletion job; returns steps deleted."""
     return deletion_run(job_id=job_id).steps_deleted
+
+
+@shared_task(name="steps.resume_deletions", queue=Queue.DEFAULT, acks_late=True)
+def resume_deletions() -> int:
+    """Queue again the deletion jobs that stopped without finishing (Celery beat); returns how many were queued.
+
+    Two runs of one job at once are harmless (each batch locks the job row), so a slow job queued again is safe."""
+    job_ids = deletions_to_resume(now=timezone.now())
+    for job_id in job_ids:
+        run_deletion.delay(job_id)
+    return len(job_ids)
 
 
 @shared_task(name="steps.ensure_partitions", queue=Queue.DEFAULT, acks_late=True)

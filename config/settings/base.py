@@ -236,6 +236,10 @@ STEPLENS_RETENTION_BATCH_SIZE = env.int("STEPLENS_RETENTION_BATCH_SIZE", default
 STEPLENS_RETENTION_INTERVAL_SECONDS = env.float("STEPLENS_RETENTION_INTERVAL_SECONDS", default=3600.0)
 # Deletion jobs (DELETE /v1/steps): steps deleted, and subtracted from the rollups, per transaction.
 STEPLENS_DELETION_BATCH_SIZE = env.int("STEPLENS_DELETION_BATCH_SIZE", default=500)
+# A deletion job with nothing done for RESUME_SECONDS (lost task, dead worker, failed batch) is queued again by the
+# resume-deletions sweep, up to MAX_ATTEMPTS starts in all.
+STEPLENS_DELETION_RESUME_SECONDS = env.float("STEPLENS_DELETION_RESUME_SECONDS", default=300.0)
+STEPLENS_DELETION_MAX_ATTEMPTS = env.int("STEPLENS_DELETION_MAX_ATTEMPTS", default=5)
 # Partitioned storage on PostgreSQL (README "Partitioned storage"): steps and their children are partitioned by
 # the step's created_at in intervals of PARTITION_DAYS (aligned to Mondays 00:00 UTC); the periodic task keeps
 # PARTITION_AHEAD intervals ahead created. A partition create or drop waits at most LOCK_TIMEOUT_MS for its lock,
@@ -249,6 +253,7 @@ CELERY_BEAT_SCHEDULE = {
     "fail-stale-steps": {"task": "steps.fail_stale_steps", "schedule": STEPLENS_SWEEP_SECONDS},
     "apply-retention": {"task": "steps.apply_retention", "schedule": STEPLENS_RETENTION_INTERVAL_SECONDS},
     "ensure-partitions": {"task": "steps.ensure_partitions", "schedule": STEPLENS_PARTITION_INTERVAL_SECONDS},
+    "resume-deletions": {"task": "steps.resume_deletions", "schedule": STEPLENS_SWEEP_SECONDS},
 }
 
 # The cache holds the rate-limit counters. CACHE_URL (e.g. redis://host:6379/1) shares them across

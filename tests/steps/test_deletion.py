@@ -5,12 +5,14 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import Count, Sum
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_create
 from agents.models import Run
 from steps import deletion, services
+from steps import tasks as steps_tasks
 from steps.models import (
     DeletionJob,
     DeletionStatus,
@@ -201,3 +203,62 @@ def test_delete_needs_a_full_key(organization, world):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {read_key}")
     assert client.delete("/v1/steps?user_id=u-1").status_code == 403
     assert Step.objects.filter(organization=organization, user_id="u-1").exists()
+
+
+def _age(job_id: str, seconds: float) -> None:
+    DeletionJob.objects.filter(pk=job_id).update(updated_at=timezone.now() - timedelta(seconds=seconds))
+
+
+def test_the_sweep_resumes_a_failed_job_and_a_lost_one_until_they_finish(organization, world, monkeypatch, settings):
+    """A batch that failed (say, on a database outage) and a job whose task the broker lost are both queued again by
+    the beat sweep once nothing has happened for STEPLENS_DELETION_RESUME_SECONDS, and finish."""
+    settings.STEPLENS_DELETION_RESUME_SECONDS = 300
+    failed = deletion.deletion_create(organization=organization, params={"model": "m-0"})
+    real = deletion._subtract_rollups
+
+    def outage(steps):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(deletion, "_subtract_rollups", outage)
+    with pytest.raises(RuntimeError):
+        deletion.deletion_run(job_id=failed.pk, batch_size=2)
+    monkeypatch.setattr(deletion, "_subtract_rollups", real)
+    lost = deletion.deletion_create(organization=organization, params={"model": "m-1"})  # never started
+
+    queued = []
+    monkeypatch.setattr(steps_tasks.run_deletion, "delay", lambda job_id: queued.append(job_id))
+    assert steps_tasks.resume_deletions.apply().get() == 0  # both too recent: a running job is left alone
+    _age(failed.pk, 301)
+    _age(lost.pk, 301)
+    assert steps_tasks.resume_deletions.apply().get() == 2
+    assert sorted(queued) == sorted([failed.pk, lost.pk])
+    for job_id in queued:
+        steps_tasks.run_deletion.apply(args=[job_id]).get()
+
+    for job_id, model, attempts in ((failed.pk, "m-0", 2), (lost.pk, "m-1", 1)):
+        job = DeletionJob.objects.get(pk=job_id)
+        assert (job.status, job.error, job.attempts) == (DeletionStatus.SUCCEEDED, "", attempts)
+        assert not Step.objects.filter(organization=organization, model=model).exists()
+    _assert_usage_equals_the_steps(organization)
+    _assert_rollups_equal_a_rebuild(organization)
+    _age(failed.pk, 3600)
+    assert steps_tasks.resume_deletions.apply().get() == 0  # finished jobs are never queued again
+    assert settings.CELERY_BEAT_SCHEDULE["resume-deletions"]["task"] == steps_tasks.resume_deletions.name
+
+
+def test_a_job_that_keeps_failing_stops_being_resumed_at_the_attempt_limit(organization, world, monkeypatch, settings):
+    settings.STEPLENS_DELETION_MAX_ATTEMPTS = 3
+    job = deletion.deletion_create(organization=organization, params={"model": "m-0"})
+
+    def broken(steps):
+        raise RuntimeError("always")
+
+    monkeypatch.setattr(deletion, "_subtract_rollups", broken)
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            deletion.deletion_run(job_id=job.pk, batch_size=2)
+        _age(job.pk, 3600)
+    stuck = DeletionJob.objects.get(pk=job.pk)
+    assert (stuck.status, stuck.attempts, stuck.error) == (DeletionStatus.FAILED, 3, "RuntimeError")
+    assert deletion.deletions_to_resume(now=timezone.now()) == []
+    assert Step.objects.filter(organization=organization, model="m-0").count() == 12  # nothing half done
