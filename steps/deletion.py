@@ -114,11 +114,19 @@ def _subtract_rollups(steps: list[Step]) -> None:
         sql, columns = upsert_sql(model)
         with connection.cursor() as cursor:
             cursor.execute(*multi_row_upsert(model, columns, sql, rows))
-        by_org: dict[str, set[datetime]] = {}
+        # Only the rows just touched can have reached zero. The subject rollups' key leads with (organization, kind):
+        # without the kind the delete read every row of the organization in those buckets.
+        by_key: dict[tuple[str, str | None], tuple[set[datetime], set[str]]] = {}
         for row in rows:
-            by_org.setdefault(row["organization_id"], set()).add(row["bucket"])
-        for organization_id, buckets in by_org.items():
-            model.objects.filter(organization_id=organization_id, bucket__in=buckets, steps__lte=0).delete()
+            buckets, subjects = by_key.setdefault((row["organization_id"], row.get("kind")), (set(), set()))
+            buckets.add(row["bucket"])
+            if "subject_id" in row:
+                subjects.add(row["subject_id"])
+        for (organization_id, kind), (buckets, subjects) in by_key.items():
+            empty = model.objects.filter(organization_id=organization_id, bucket__in=buckets, steps__lte=0)
+            if kind is not None:
+                empty = empty.filter(kind=kind, subject_id__in=subjects)
+            empty.delete()
 
 
 def _recompute_errors(organization_id: str, days: set[datetime]) -> None:
