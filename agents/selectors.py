@@ -1,5 +1,7 @@
 """Reads for agents and runs, always scoped to one organization."""
 
+from collections.abc import Sequence
+
 from django.db.models import Q, QuerySet
 
 from accounts.models import Organization
@@ -35,11 +37,14 @@ def agent_choices(*, organization: Organization, limit: int = 500) -> list[tuple
     return list(agents.order_by("name").values_list("pk", "name")[:limit])
 
 
-def agent_tags(*, organization_id: str | None = None) -> list[str]:
-    """Tags agents put on their steps (scanning step tags would read every row)."""
+def agent_tags(*, organization_id: str | None = None, project_ids: Sequence[str] | None = None) -> list[str]:
+    """Tags agents put on their steps (scanning step tags would read every row); of `project_ids`' agents only,
+    when given."""
     agents = Agent.objects.filter(deleted_at__isnull=True)
     if organization_id:
         agents = agents.filter(organization_id=organization_id)
+    if project_ids:
+        agents = agents.filter(project_id__in=list(project_ids))
     tags: set[str] = set()
     for values in agents.values_list("tags", flat=True)[:2000]:
         tags.update(str(tag) for tag in values or [])

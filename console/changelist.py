@@ -61,6 +61,8 @@ class FilterSetListFilter(admin.ListFilter):
             if name in params:
                 self.used_parameters[name] = params.pop(name)[-1]
         self.organization_id = request.GET.get(ORGANIZATION_PARAM) or console_scope(request).current_id
+        # A person limited to some projects is offered only those projects' names.
+        self.project_ids = console_scope(request).project_ids(self.organization_id)
         self.lookup_choices = list(self.lookups(request, model_admin))
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
@@ -127,7 +129,9 @@ class ProviderFilter(FilterSetListFilter):
     parameter_name = "provider"
 
     def lookups(self, request, model_admin):
-        values = step_dimension_values(column="provider_name", organization_id=self.organization_id)
+        values = step_dimension_values(
+            column="provider_name", organization_id=self.organization_id, project_ids=self.project_ids
+        )
         return [(v, v) for v in values]
 
 
@@ -136,7 +140,9 @@ class ModelFilter(FilterSetListFilter):
     parameter_name = "model_handle"
 
     def lookups(self, request, model_admin):
-        values = step_dimension_values(column="model_handle", organization_id=self.organization_id)
+        values = step_dimension_values(
+            column="model_handle", organization_id=self.organization_id, project_ids=self.project_ids
+        )
         return [(v, v) for v in values]
 
 
@@ -153,7 +159,7 @@ class ErrorTypeFilter(FilterSetListFilter):
     parameter_name = "error_type"
 
     def lookups(self, request, model_admin):
-        return [(v, v) for v in step_error_types(organization_id=self.organization_id)]
+        return [(v, v) for v in step_error_types(organization_id=self.organization_id, project_ids=self.project_ids)]
 
 
 class FeedbackFilter(FilterSetListFilter):
@@ -182,7 +188,7 @@ class TagsFilter(FilterSetListFilter):
     template = "admin/steps/step/text_filter.html"
 
     def lookups(self, request, model_admin):
-        return [(v, v) for v in agent_tags(organization_id=self.organization_id)]
+        return [(v, v) for v in agent_tags(organization_id=self.organization_id, project_ids=self.project_ids)]
 
     def has_output(self) -> bool:
         return True

@@ -1,6 +1,6 @@
 """Reads for steps: every query is scoped to one organization; another organization's object is not found."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -259,20 +259,28 @@ def organization_with_most_steps() -> Organization | None:
     return Organization.objects.order_by("name").first()
 
 
-def step_dimension_values(*, column: str, organization_id: str | None = None) -> list[str]:
-    """Distinct provider/model/model_handle values, read from the day rollup (thousands of rows, not millions)."""
+def step_dimension_values(
+    *, column: str, organization_id: str | None = None, project_ids: Sequence[str] | None = None
+) -> list[str]:
+    """Distinct provider/model/model_handle values, read from the day rollup (thousands of rows, not millions);
+    only those of `project_ids` when given (a person limited to some projects sees no other project's names)."""
     rows = StepRollupDay.objects.exclude(**{column: ""})
     if organization_id:
         rows = rows.filter(organization_id=organization_id)
+    if project_ids:
+        rows = rows.filter(project_id__in=list(project_ids))
     return list(rows.order_by(column).values_list(column, flat=True).distinct()[:200])
 
 
-def step_error_types(*, organization_id: str | None = None) -> list[str]:
-    """Distinct error types. On PostgreSQL a loose index scan over the partial error_type index: one probe per type."""
+def step_error_types(*, organization_id: str | None = None, project_ids: Sequence[str] | None = None) -> list[str]:
+    """Distinct error types (of `project_ids` only, when given). On PostgreSQL a loose index scan over the partial
+    error_type index: one probe per type."""
     base = Step.objects.all()
     if organization_id:
         base = base.filter(organization_id=organization_id)
-    if connections[base.db].vendor != "postgresql" or organization_id:
+    if project_ids:
+        base = base.filter(project_id__in=list(project_ids))
+    if connections[base.db].vendor != "postgresql" or organization_id or project_ids:
         # Per organization the covering errors index answers the DISTINCT directly.
         distinct = base.filter(error_type__isnull=False).order_by("error_type").values_list("error_type", flat=True)
         return list(distinct.distinct()[:200])

@@ -17,7 +17,7 @@ from accounts.services import api_key_create, membership_set, membership_set_pro
 from config.errors import ApplicationError
 from monitors.services import monitor_create, monitors_evaluate
 from steps.models import Message, ProviderTrace, Step, StepMetrics
-from steps.rollups import step_rollup_add
+from steps.rollups import step_rollup_add, step_rollups_rebuild
 from tests.factories import (
     AgentFactory,
     MessageFactory,
@@ -190,3 +190,26 @@ def test_an_owner_limits_a_member_in_the_console_and_only_the_organizations_proj
     # Lifting the limit (no project chosen) shows the whole organization again.
     owner.post(url, {"role": "member"})
     assert not membership.projects.exists()
+
+
+def test_a_limited_members_step_filters_offer_only_its_projects_names(org):
+    """The steps list's sidebar (providers, models, error types, tags) is built from the person's projects only:
+    a member limited to `web` is not shown the names `ops` uses, while an unlimited member sees both."""
+    web, ops = org["web"], org["ops"]
+    Step.objects.filter(pk=web["step"].pk).update(provider_name="web-provider", model_handle="web/model-a")
+    Step.objects.filter(pk=ops["step"].pk).update(
+        provider_name="ops-provider", model_handle="ops/model-b", error_type="ops_only_error"
+    )
+    web["agent"].tags = ["web-tag"]
+    web["agent"].save()
+    ops["agent"].tags = ["ops-tag"]
+    ops["agent"].save()
+    step_rollups_rebuild(organization=org["organization"])
+    url = reverse("admin:steps_step_changelist") + f"?organization={org['organization'].pk}"
+    limited = _client(org, "limited").get(url).content.decode()
+    unlimited = _client(org, "member").get(url).content.decode()
+    for name in ("web-provider", "web/model-a", "web-tag"):
+        assert name in limited and name in unlimited
+    for name in ("ops-provider", "ops/model-b", "ops_only_error", "ops-tag"):
+        assert name not in limited, name
+        assert name in unlimited, name
