@@ -189,3 +189,25 @@ def test_retention_api_refuses_bad_days_other_organizations_projects_and_weaker_
     assert client.put("/v1/retention", {"retention_days": 3}, format="json").status_code == 403
     organization.refresh_from_db()
     assert organization.retention_days is None
+
+
+def test_batches_walk_past_old_runs_that_still_have_steps_and_remove_every_empty_one(organization, now):
+    """Runs older than the cutoff are visited oldest first from a cursor: the old runs that keep a recent step
+    (and so stay) sit ahead of the empty ones, and every empty run is still removed, batch after batch."""
+    organization.retention_days = 30
+    organization.save()
+    kept, empty = [], []
+    for i in range(5):
+        run = Run.objects.create(organization=organization, request_id=f"req-kept-{i}")
+        Run.objects.filter(pk=run.pk).update(created_at=now - timedelta(days=60, minutes=10 - i))
+        _record(organization, days_ago=1, now=now, run=run, i=i)  # a recent step keeps the old run
+        kept.append(run.pk)
+    for i in range(7):
+        run = Run.objects.create(organization=organization, request_id=f"req-empty-{i}")
+        Run.objects.filter(pk=run.pk).update(created_at=now - timedelta(days=59, minutes=i))
+        empty.append(run.pk)
+
+    run = retention_apply(now=now, batch_size=2)
+
+    assert set(Run.objects.filter(organization=organization).values_list("pk", flat=True)) == set(kept)
+    assert RetentionRun.objects.get(pk=run.pk).runs_removed == len(empty)
