@@ -12,7 +12,9 @@ hovering at the threshold does not flap. `recovery_threshold` defaults to the th
 STEPLENS_MONITOR_RECOVERY_MARGIN (10%) of its size towards the safe side: `error_rate > 0.2` resolves at 0.18 or
 less; `steps < 100` resolves at 110 or more.
 
-**Cost.** A cycle runs one report per distinct (organization, window, split, filters) — unsplit monitors that differ
+**Cost.** A report reads only the rollup columns its monitors' metrics need (`usage_report(measures=...)`), and a
+cycle records each report's monitors in one UPDATE (PostgreSQL). A cycle runs one report per distinct
+(organization, window, split, filters) — unsplit monitors that differ
 only in one single-valued filter among agent_id, model_handle, model, provider and project_id share a report
 grouped by that dimension (up to 100 values per report), so a thousand per-agent monitors over the same window
 cost a handful of queries, each answering exactly what the per-agent query would.
@@ -188,9 +190,11 @@ def run_query(query: Query, *, end: datetime) -> tuple[Window, dict[str | None, 
     """The report rows of a query, by the folded filter's value (None when nothing is folded)."""
     window = Window(start=end - timedelta(seconds=query.window_seconds), end=end)
     group_by = [query.group_by] if query.group_by else []
+    # Only its monitors' metrics: the rollups then sum the few columns those need (the values are the same).
+    measures = sorted({monitor.metric for monitor, _ in query.members})
     if query.fold is None:
         report = usage_report(organization=query.organization, filters={**query.filters, **window.params()},
-                              group_by=group_by)  # fmt: skip
+                              group_by=group_by, measures=measures)  # fmt: skip
         return window, {None: report.rows}
     fold_group = FOLDABLE[query.fold]
     fold_key = OUTPUT_KEYS[fold_group]
@@ -199,7 +203,7 @@ def run_query(query: Query, *, end: datetime) -> tuple[Window, dict[str | None, 
     for chunk in _chunks(values, MAX_FILTER_VALUES):
         report = usage_report(
             organization=query.organization, filters={**query.filters, query.fold: chunk, **window.params()},
-            group_by=[fold_group, *group_by],
+            group_by=[fold_group, *group_by], measures=measures,
         )  # fmt: skip
         for row in report.rows:
             rows[row.get(fold_key)].append(row)

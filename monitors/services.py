@@ -8,6 +8,7 @@ cycles running at once (a slow one overlapping the next) never record the same c
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -249,14 +250,16 @@ def monitors_evaluate(*, now: datetime | None = None, organization: Organization
             Monitor.objects.filter(pk__in=[m.pk for m, _ in query.members]).update(last_error=message[:2000])
             continue
         with transaction.atomic():
-            for monitor, fold_value in query.members:
-                found = rows.get(fold_value, [])
-                try:
-                    with transaction.atomic():  # a savepoint: one monitor's failed write leaves the others'
-                        _record(monitor, found, window=window, alerting=alerting.get(monitor.pk, {}), report=report)
-                except DatabaseError as exc:
-                    logger.exception("monitor %s: its evaluation could not be recorded", monitor.pk)
-                    report.errors.append(f"{monitor.pk}: {type(exc).__name__}")
+            if not _record_batch(query, rows, window=window, alerting=alerting, report=report):
+                for monitor, fold_value in query.members:
+                    found = rows.get(fold_value, [])
+                    try:
+                        with transaction.atomic():  # a savepoint: one monitor's failed write leaves the others'
+                            _record(monitor, found, window=window, alerting=alerting.get(monitor.pk, {}),
+                                    report=report)  # fmt: skip
+                    except DatabaseError as exc:
+                        logger.exception("monitor %s: its evaluation could not be recorded", monitor.pk)
+                        report.errors.append(f"{monitor.pk}: {type(exc).__name__}")
     report.seconds = time.perf_counter() - started
     return report
 
@@ -268,6 +271,91 @@ def _group_alerts(monitors: list[Monitor]) -> dict[str, dict[str, GroupAlert]]:
     return found
 
 
+# The fields a cycle writes to a monitor (state_changed_at only when the state changed).
+_RECORDED = ("value", "steps", "evaluated_at", "history", "last_error", "state", "state_changed_at")
+# One statement claims and records a report's monitors (PostgreSQL): each row only where it still holds the
+# evaluated_at and state the cycle read, as the single-row UPDATE of `_record` does.
+_CLAIM_SQL = """
+UPDATE {table} AS m SET value = v.value, steps = v.steps, evaluated_at = v.evaluated_at, history = v.history,
+    last_error = '', state = v.state,
+    state_changed_at = CASE WHEN v.changed THEN v.evaluated_at ELSE m.state_changed_at END
+FROM (VALUES {rows}) AS v(id, value, steps, evaluated_at, history, state, changed, read_evaluated_at, read_state)
+WHERE m.id = v.id AND m.evaluated_at IS NOT DISTINCT FROM v.read_evaluated_at AND m.state = v.read_state
+RETURNING m.id
+"""
+_CLAIM_ROW = "(%s, %s::double precision, %s::bigint, %s::timestamptz, %s::jsonb, %s, %s::boolean, %s::timestamptz, %s)"
+
+
+def _outcome(
+    monitor: Monitor, rows: list[dict[str, Any]], *, window: evaluation.Window, alerting: dict[str, GroupAlert]
+) -> tuple[evaluation.Outcome, dict[str, Any]]:
+    """The evaluation and the values to record."""
+    if monitor.group_by:
+        outcome = evaluation.evaluate_split(monitor, rows, alerting)
+    else:
+        outcome = evaluation.evaluate_single(monitor, rows)
+    history = [*(monitor.history or []), [window.end.isoformat(), outcome.value]][-HISTORY_LENGTH:]
+    values: dict[str, Any] = {"value": outcome.value, "steps": outcome.steps, "evaluated_at": window.end,
+                              "history": history, "last_error": "", "state": outcome.state}  # fmt: skip
+    if outcome.state != monitor.state:
+        values["state_changed_at"] = window.end
+    return outcome, values
+
+
+def _record_batch(
+    query: evaluation.Query,
+    rows: Mapping[str | None, list[dict[str, Any]]],
+    *,
+    window: evaluation.Window,
+    alerting: Mapping[str, dict[str, GroupAlert]],
+    report: CycleReport,
+) -> bool:
+    """Record a report's monitors with one UPDATE (PostgreSQL), then the events of those claimed, in a savepoint.
+    False when not done: another database, or a write failed (rolled back, the monitors as read): the caller
+    records them one by one then, so one monitor's failed write leaves the others'."""
+    if connections[Monitor.objects.db].vendor != "postgresql":
+        return False
+    read = [(monitor, {name: getattr(monitor, name) for name in _RECORDED}) for monitor, _ in query.members]
+    counted = CycleReport()
+    try:
+        with transaction.atomic():
+            evaluated = []
+            for monitor, fold_value in query.members:
+                outcome, values = _outcome(monitor, rows.get(fold_value, []), window=window,
+                                           alerting=alerting.get(monitor.pk, {}))  # fmt: skip
+                evaluated.append((monitor, outcome, values))
+            claimed = _claim(evaluated)
+            for monitor, outcome, values in evaluated:
+                if monitor.pk in claimed:  # else another cycle evaluated it meanwhile, or its definition changed
+                    _recorded(monitor, outcome, values, window=window, report=counted)
+    except DatabaseError:
+        logger.exception("monitors of one report: recorded one by one after a failed write")
+        for monitor, fields in read:
+            for name, value in fields.items():
+                setattr(monitor, name, value)
+        return False
+    report.events += counted.events
+    report.deliveries += counted.deliveries
+    return True
+
+
+def _claim(evaluated: list[tuple[Monitor, evaluation.Outcome, dict[str, Any]]]) -> set[str]:
+    """The ids of the monitors updated (claimed) by one UPDATE ... FROM (VALUES ...)."""
+    claimed: set[str] = set()
+    for index in range(0, len(evaluated), 1000):
+        chunk = evaluated[index : index + 1000]
+        params: list[Any] = []
+        for monitor, _, values in chunk:
+            params += [monitor.pk, values["value"], values["steps"], values["evaluated_at"],
+                       json.dumps(values["history"]), values["state"], "state_changed_at" in values,
+                       monitor.evaluated_at, monitor.state]  # fmt: skip
+        sql = _CLAIM_SQL.format(table=Monitor._meta.db_table, rows=", ".join([_CLAIM_ROW] * len(chunk)))
+        with connections[Monitor.objects.db].cursor() as cursor:
+            cursor.execute(sql, params)
+            claimed.update(pk for (pk,) in cursor.fetchall())
+    return claimed
+
+
 def _record(
     monitor: Monitor,
     rows: list[dict[str, Any]],
@@ -276,16 +364,7 @@ def _record(
     alerting: dict[str, GroupAlert],
     report: CycleReport,
 ) -> None:
-    if monitor.group_by:
-        outcome = evaluation.evaluate_split(monitor, rows, alerting)
-    else:
-        outcome = evaluation.evaluate_single(monitor, rows)
-    history = [*(monitor.history or []), [window.end.isoformat(), outcome.value]][-HISTORY_LENGTH:]
-    changed = outcome.state != monitor.state
-    values: dict[str, Any] = {"value": outcome.value, "steps": outcome.steps, "evaluated_at": window.end,
-                              "history": history, "last_error": "", "state": outcome.state}  # fmt: skip
-    if changed:
-        values["state_changed_at"] = window.end
+    outcome, values = _outcome(monitor, rows, window=window, alerting=alerting)
     claimed = Monitor.objects.filter(
         Q(evaluated_at=monitor.evaluated_at) if monitor.evaluated_at else Q(evaluated_at__isnull=True),
         pk=monitor.pk,
@@ -293,6 +372,19 @@ def _record(
     ).update(**values)
     if not claimed:  # another cycle evaluated it meanwhile, or a user changed its definition
         return
+    _recorded(monitor, outcome, values, window=window, report=report)
+
+
+def _recorded(
+    monitor: Monitor,
+    outcome: evaluation.Outcome,
+    values: dict[str, Any],
+    *,
+    window: evaluation.Window,
+    report: CycleReport,
+) -> None:
+    """After the claim: the monitor as recorded, its alert events, group alerts and queued notifications."""
+    changed = "state_changed_at" in values
     previous_state = monitor.state
     for name, value in values.items():
         setattr(monitor, name, value)

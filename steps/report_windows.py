@@ -12,7 +12,7 @@ histogram of the window's steps.
 Reading the edges costs at most two hours of one organization's steps, whatever the table's size.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -29,6 +29,9 @@ from steps.histograms import BOUNDS_NS, BUCKETS, bucket_of
 from steps.models import StepStatus
 from steps.rollups import (
     COUNT_COLUMNS,
+    LATENCY_COLUMNS,
+    MEASURE_COLUMNS,
+    TTFT_COLUMNS,
     RollupRow,
     hour_ceil,
     hour_of,
@@ -44,6 +47,32 @@ SOURCE_ROLLUP = "rollup"
 SOURCE_ROLLUP_AND_STEPS = "rollup+steps"
 SOURCE_STEPS = "steps"
 _TOKEN_COLUMNS = COUNT_COLUMNS[2:]
+
+# Usage report row key -> the rollup columns it is computed from (besides "steps", which every row has).
+_MEASURE_NEEDS: dict[str, tuple[str, ...]] = {
+    "steps": (),
+    **{name: (name,) for name in _TOKEN_COLUMNS},
+    "cache_hit_ratio": ("prompt_tokens", "cached_input_tokens"),
+    "cost_usd": ("cost_usd",),
+    "error_count": ("error_steps",),
+    "error_rate": ("error_steps",),
+    **{f"latency_ms_{label}": LATENCY_COLUMNS for label in ("p50", "p95", "p99")},
+    **{f"ttft_ms_{label}": TTFT_COLUMNS for label in ("p50", "p95", "p99")},
+}
+
+
+def measure_columns(measures: Iterable[str] | None) -> tuple[str, ...]:
+    """The rollup columns (MEASURE_COLUMNS, in their order, "steps" first) that the usage report row keys
+    `measures` are computed from; all of them for None. Summing fewer columns changes no number: a column
+    not read is one no requested measure depends on."""
+    if measures is None:
+        return MEASURE_COLUMNS
+    needed = {"steps"}
+    for name in measures:
+        if name not in _MEASURE_NEEDS:
+            raise ValueError(f"not a usage measure: {name}")
+        needed.update(_MEASURE_NEEDS[name])
+    return tuple(column for column in MEASURE_COLUMNS if column in needed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +118,18 @@ def report_key(values: Sequence[Any]) -> tuple[Any, ...]:
     )
 
 
-def steps_totals(queryset: QuerySet, group_by: Sequence[str]) -> dict[tuple[Any, ...], RollupRow]:
+def steps_totals(
+    queryset: QuerySet, group_by: Sequence[str], columns: Sequence[str] = MEASURE_COLUMNS
+) -> dict[tuple[Any, ...], RollupRow]:
     """The ended steps of `queryset` summed per group as the rollups sum them (RollupRow: counts, cost, latency and
     TTFT histograms).
 
     `group_by` holds step columns and at most one of hour/day/week (the truncated created_at, in UTC); keys are
-    report_key tuples in `group_by` order.
+    report_key tuples in `group_by` order. `columns` (measure_columns): without a histogram's columns, that
+    histogram is left empty (not read).
     """
+    latency_wanted = columns is MEASURE_COLUMNS or LATENCY_COLUMNS[0] in columns
+    ttft_wanted = columns is MEASURE_COLUMNS or TTFT_COLUMNS[0] in columns
     queryset = queryset.exclude(status=StepStatus.PENDING)
     postgres = connections[queryset.db].vendor == "postgresql"
     annotations: dict[str, Any] = {g: TIME_UNITS[g]("created_at", tzinfo=UTC) for g in group_by if g in TIME_UNITS}
@@ -108,17 +142,17 @@ def steps_totals(queryset: QuerySet, group_by: Sequence[str]) -> dict[tuple[Any,
     if postgres:
         # One row per group, its steps' histogram buckets in two arrays: far fewer rows (each converted in Python)
         # than grouping by the buckets too.
-        sums["latency_buckets"] = ArrayAgg(_WidthBucket("latency_ns"), filter=Q(latency_ns__isnull=False))
-        sums["ttft_buckets"] = ArrayAgg(_WidthBucket("ttft_ns"), filter=Q(ttft_ns__isnull=False))
+        if latency_wanted:
+            sums["latency_buckets"] = ArrayAgg(_WidthBucket("latency_ns"), filter=Q(latency_ns__isnull=False))
+        if ttft_wanted:
+            sums["ttft_buckets"] = ArrayAgg(_WidthBucket("ttft_ns"), filter=Q(ttft_ns__isnull=False))
         grouped = queryset.annotate(**annotations).values(*group_by).annotate(**sums).order_by()
     else:  # SQLite has no width_bucket nor arrays: group by the values too and bucket them here (its data is small)
-        annotations.update(latency_value=F("latency_ns"), ttft_value=F("ttft_ns"))
-        grouped = (
-            queryset.annotate(**annotations)
-            .values(*group_by, "latency_value", "ttft_value")
-            .annotate(**sums)
-            .order_by()
-        )
+        values = {"latency_value": F("latency_ns")} if latency_wanted else {}
+        if ttft_wanted:
+            values["ttft_value"] = F("ttft_ns")
+        annotations.update(values)
+        grouped = queryset.annotate(**annotations).values(*group_by, *values).annotate(**sums).order_by()
     result: dict[tuple[Any, ...], RollupRow] = {}
     # A plain fetch, not .iterator(): on PostgreSQL that is a server-side cursor, several round trips for the few
     # rows an edge has.
@@ -137,14 +171,14 @@ def steps_totals(queryset: QuerySet, group_by: Sequence[str]) -> dict[tuple[Any,
         totals.cost_usd += Decimal(row["sum_cost_usd"] or 0)
         latency, ttft = totals.latency, totals.ttft
         if postgres:
-            for bucket in row["latency_buckets"] or ():
+            for bucket in row.get("latency_buckets") or ():
                 latency[bucket] += 1  # type: ignore[index]
-            for bucket in row["ttft_buckets"] or ():
+            for bucket in row.get("ttft_buckets") or ():
                 ttft[bucket] += 1  # type: ignore[index]
             continue
-        if row["latency_value"] is not None:
+        if row.get("latency_value") is not None:
             latency[bucket_of(row["latency_value"])] += n  # type: ignore[index]
-        if row["ttft_value"] is not None:
+        if row.get("ttft_value") is not None:
             ttft[bucket_of(row["ttft_value"])] += n  # type: ignore[index]
     return result
 
@@ -157,27 +191,29 @@ def rollup_window_totals(
     end: datetime | None,
     filters: Mapping[str, Sequence[str]],
     group_by: Sequence[str],
+    columns: Sequence[str] = MEASURE_COLUMNS,
 ) -> tuple[dict[tuple[Any, ...], RollupRow], str] | None:
     """Totals per group over [start, end): the whole hours and days from the rollups, the ragged edges from `steps`.
 
     `steps` must be the window's matching steps (the same filters as `filters`, which maps ROLLUP_FILTERS names to
     accepted values, plus the window itself); `group_by` holds rollup columns and at most one of hour/day/week.
     Returns the totals keyed by report_key tuples, and the source read (SOURCE_ROLLUP, or SOURCE_ROLLUP_AND_STEPS
-    when an edge was read from the steps); None when the window holds no whole hour.
+    when an edge was read from the steps); None when the window holds no whole hour. `columns` (measure_columns):
+    the measures read, the others left 0.
     """
     split = window_split(start=start, end=end)
     if split is None:
         return None
     inner = rollup_totals(
         organization=organization, start=split.inner_start, end=split.inner_end, filters=dict(filters),
-        group_by=list(group_by),
+        group_by=list(group_by), columns=columns,
     )  # fmt: skip
     if inner is None:  # cannot happen: the inner bounds are whole hours
         raise AssertionError(f"rollups refused the whole hours [{split.inner_start}, {split.inner_end})")
     totals = merge_into({}, ((report_key(key), row) for key, row in inner.items()))
     for edge_start, edge_end in split.edges:
         edge = steps.filter(created_at__gte=edge_start, created_at__lt=edge_end)
-        merge_into(totals, steps_totals(edge, group_by).items())
+        merge_into(totals, steps_totals(edge, group_by, columns).items())
     return totals, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
 
 
@@ -193,21 +229,23 @@ def subject_window_totals(
     end: datetime | None,
     filters: Mapping[str, Sequence[str]],
     group: str,
+    columns: Sequence[str] = MEASURE_COLUMNS,
 ) -> tuple[dict[tuple[Any, ...], RollupRow], str] | None:
     """Totals per end user (`group` "user") or conversation over [start, end), as rollup_window_totals gives them
     per rollup group: the whole hours and days from the subject rollups, the ragged edges from `steps`.
 
     Steps without a user (or conversation) are in no subject row; they form the group keyed (None,), as a scan
     groups them: the usage rollups' total less the subjects' sum (counts, sums and buckets subtract exactly).
-    None when the window holds no whole hour.
+    None when the window holds no whole hour. `columns` (measure_columns): the measures read, the others left 0
+    (a monitor needs one: summing the ~135 columns of each of thousands of subjects costs more than the query).
     """
     split = window_split(start=start, end=end)
     if split is None:
         return None
     kind, column = SUBJECT_GROUPS[group]
     bounds = {"organization": organization, "start": split.inner_start, "end": split.inner_end}
-    subjects = subject_rollup_rows(kind=kind, filters=dict(filters), **bounds)
-    whole = rollup_totals(filters=dict(filters), group_by=[], **bounds)
+    subjects = subject_rollup_rows(kind=kind, filters=dict(filters), columns=columns, **bounds)
+    whole = rollup_totals(filters=dict(filters), group_by=[], columns=columns, **bounds)
     if subjects is None or whole is None:  # cannot happen: the inner bounds are whole hours
         raise AssertionError(f"rollups refused the whole hours [{split.inner_start}, {split.inner_end})")
     totals = merge_into({}, (((subject_id,), row) for subject_id, row in subjects.items()))
@@ -218,5 +256,5 @@ def subject_window_totals(
             merge_into(totals, [((None,), no_subject)])
     for edge_start, edge_end in split.edges:
         edge = steps.filter(created_at__gte=edge_start, created_at__lt=edge_end)
-        merge_into(totals, steps_totals(edge, [column]).items())
+        merge_into(totals, steps_totals(edge, [column], columns).items())
     return totals, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP

@@ -40,6 +40,7 @@ from steps.report_windows import (
     SUBJECT_GROUPS,
     TIME_UNITS,
     WindowSplit,
+    measure_columns,
     rollup_window_totals,
     steps_totals,
     subject_window_totals,
@@ -211,12 +212,17 @@ def usage_report(
     group_by: Sequence[str] = (),
     exact: bool = False,
     limit: int = MAX_ROWS,
+    measures: Sequence[str] | None = None,
 ) -> Report:
     """Usage per group: steps, tokens, cache hit ratio, cost, errors, latency and TTFT percentiles.
 
     `filters` are the step filters of GET /v1/usage (start and end included). With only rollup filters and
     groupings, any window reads the rollups for its whole hours and days and the steps for its ragged ends
     (steps.report_windows); otherwise, with `exact`, or for a window holding no whole hour, a scan of the steps.
+
+    `measures` (row keys, e.g. ["cost_usd"]): when the rollups answer, rows hold only the group keys, `steps` and
+    those measures, read from only the columns they need (monitors: one metric of thousands of end users). The
+    values are the same as in a full row; a scan still gives full rows.
     """
     group_by = parse_group_by(group_by, allowed=USAGE_GROUPS)
     filterset = step_filterset(organization=organization, params=filters or {})
@@ -224,7 +230,8 @@ def usage_report(
     rollup_filters = None if exact else _readable_filters(filterset, group_by)
     report = None
     if rollup_filters is not None:
-        report = _usage_from_rollups(organization, filterset, group_by, rollup_filters, limit=limit)
+        report = _usage_from_rollups(organization, filterset, group_by, rollup_filters, limit=limit,
+                                     measures=measures)  # fmt: skip
     if report is None:
         report = _usage_from_steps(filterset.qs, group_by, limit=limit)
     report.rows.sort(key=lambda row: _sort_key(row, keys))
@@ -241,12 +248,17 @@ def _readable_filters(filterset: StepFilterSet, group_by: list[str]) -> dict[str
 
 
 def _rollup_answer(
-    organization: Organization, filterset: StepFilterSet, group_by: list[str], filters: dict[str, list[str]]
+    organization: Organization,
+    filterset: StepFilterSet,
+    group_by: list[str],
+    filters: dict[str, list[str]],
+    measures: Sequence[str] | None = None,
 ) -> tuple[dict[tuple[Any, ...], RollupRow], str] | None:
-    """(totals per group, source) from the rollups plus the ragged edges' steps; None when no whole hour."""
+    """(totals per group, source) from the rollups plus the ragged edges' steps; None when no whole hour.
+    `measures`: only the columns those row keys need are read (the others are 0)."""
     cleaned = filterset.form.cleaned_data
     window = {"organization": organization, "steps": filterset.qs, "start": cleaned.get("start"),
-              "end": cleaned.get("end"), "filters": filters}  # fmt: skip
+              "end": cleaned.get("end"), "filters": filters, "columns": measure_columns(measures)}  # fmt: skip
     if len(group_by) == 1 and group_by[0] in SUBJECT_GROUPS:
         return subject_window_totals(group=group_by[0], **window)
     return rollup_window_totals(group_by=[USAGE_GROUPS[g] if g not in TIME_UNITS else g for g in group_by], **window)
@@ -259,9 +271,10 @@ def _usage_from_rollups(
     filters: dict[str, list[str]],
     *,
     limit: int,
+    measures: Sequence[str] | None = None,
 ) -> Report | None:
     """The report from the rollups plus the ragged edges' steps, or None when the window holds no whole hour."""
-    answer = _rollup_answer(organization, filterset, group_by, filters)
+    answer = _rollup_answer(organization, filterset, group_by, filters, measures)
     if answer is None:
         return None
     totals, source = answer
@@ -271,7 +284,7 @@ def _usage_from_rollups(
         if summed.counts["steps"] == 0:
             continue
         row = {name: _iso(value) for name, value in zip(keys, key, strict=True)}
-        row.update(usage_measures(summed))
+        row.update(usage_measures(summed, measures))
         rows.append(row)
     truncated = len(rows) > limit
     if truncated:  # the first `limit` groups in key order, as a scan keeps them
@@ -280,14 +293,23 @@ def _usage_from_rollups(
     return Report(group_by=group_by, rows=rows, source=source, exact_percentiles=False, truncated=truncated)
 
 
-def usage_measures(totals: RollupRow) -> dict[str, Any]:
+def usage_measures(totals: RollupRow, measures: Sequence[str] | None = None) -> dict[str, Any]:
     """A usage report row's measures (steps, tokens, cache hit ratio, cost, errors, latency and TTFT percentiles
-    in ms) from summed totals: a rollup row, steps summed the same way, or both merged."""
-    return _measures(
-        steps=totals.counts["steps"], errors=totals.counts["error_steps"], tokens=totals.counts,
-        cost=totals.cost_usd, latency=percentiles_from_counts(totals.latency, _FRACTIONS),
-        ttft=percentiles_from_counts(totals.ttft, _FRACTIONS),
-    )  # fmt: skip
+    in ms) from summed totals: a rollup row, steps summed the same way, or both merged. With `measures`, only
+    `steps` and those keys (the percentiles are computed only when asked for)."""
+    if measures is None:
+        return _measures(
+            steps=totals.counts["steps"], errors=totals.counts["error_steps"], tokens=totals.counts,
+            cost=totals.cost_usd, latency=percentiles_from_counts(totals.latency, _FRACTIONS),
+            ttft=percentiles_from_counts(totals.ttft, _FRACTIONS),
+        )  # fmt: skip
+    wanted = set(measures)
+    unread = (None,) * len(_FRACTIONS)
+    latency = percentiles_from_counts(totals.latency, _FRACTIONS) if wanted & set(_LATENCY_KEYS) else unread
+    ttft = percentiles_from_counts(totals.ttft, _FRACTIONS) if wanted & set(_TTFT_KEYS) else unread
+    row = _measures(steps=totals.counts["steps"], errors=totals.counts["error_steps"], tokens=totals.counts,
+                    cost=totals.cost_usd, latency=latency, ttft=ttft)  # fmt: skip
+    return {key: row[key] for key in ("steps", *measures)}
 
 
 @dataclass(slots=True)

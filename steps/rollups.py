@@ -562,6 +562,8 @@ ROLLUP_FILTERS = {
     "provider": "provider_name",
 }
 _TRUNC = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
+# A histogram not read (RollupRow.from_columns): all zeros, one shared tuple.
+NO_HISTOGRAM: tuple[int, ...] = (0,) * BUCKETS
 
 
 @dataclass(slots=True)
@@ -585,13 +587,38 @@ class RollupRow:
             ttft=sums[n + 1 + BUCKETS :],
         )
 
+    @classmethod
+    def from_columns(cls, columns: Sequence[str], sums: Sequence[Any]) -> "RollupRow":
+        """From the sums of some MEASURE_COLUMNS only (`columns`, in that order); the others are 0. A histogram
+        none of whose columns is read is NO_HISTOGRAM (all zeros, shared: `merge` skips it)."""
+        if columns is MEASURE_COLUMNS:
+            return cls.from_sums(sums)
+        counts = dict.fromkeys(COUNT_COLUMNS, 0)
+        cost: Decimal = Decimal(0)
+        latency: Sequence[int] = NO_HISTOGRAM
+        ttft: Sequence[int] = NO_HISTOGRAM
+        for column, value in zip(columns, sums, strict=True):
+            if column in counts:
+                counts[column] = int(value or 0)
+            elif column == "cost_usd":
+                cost = Decimal(value or 0)
+            elif column[:9] == "latency_h":
+                latency = list(latency) if latency is NO_HISTOGRAM else latency
+                latency[int(column[9:])] = int(value or 0)  # type: ignore[index]
+            else:
+                ttft = list(ttft) if ttft is NO_HISTOGRAM else ttft
+                ttft[int(column[6:])] = int(value or 0)  # type: ignore[index]
+        return cls(counts=counts, cost_usd=cost, latency=latency, ttft=ttft)
+
     def merge(self, other: "RollupRow", *, sign: int = 1) -> None:
         """Add `other` into this row (sign -1: take it out; counts, sums and buckets subtract exactly)."""
         for name, value in other.counts.items():
             self.counts[name] += sign * value
         self.cost_usd += sign * other.cost_usd
-        self.latency = [a + sign * b for a, b in zip(self.latency, other.latency, strict=True)]
-        self.ttft = [a + sign * b for a, b in zip(self.ttft, other.ttft, strict=True)]
+        if other.latency is not NO_HISTOGRAM:  # adding zeros changes nothing
+            self.latency = [a + sign * b for a, b in zip(self.latency, other.latency, strict=True)]
+        if other.ttft is not NO_HISTOGRAM:
+            self.ttft = [a + sign * b for a, b in zip(self.ttft, other.ttft, strict=True)]
 
 
 def rollup_segments(
@@ -626,14 +653,26 @@ def rollup_totals(
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
+    columns: Sequence[str] = MEASURE_COLUMNS,
 ) -> dict[tuple[Any, ...], RollupRow] | None:
     """Summed rollup measures per group, or None when the rollups cannot answer exactly this range.
 
     `filters` maps ROLLUP_FILTERS names to accepted values; `group_by` holds rollup columns and/or
-    hour/day/week. Keys of the result are tuples in `group_by` order.
+    hour/day/week. Keys of the result are tuples in `group_by` order. `columns`: the MEASURE_COLUMNS to sum
+    ("steps" first, in MEASURE_COLUMNS order; the others are 0), all by default.
     """
-    rows = _grouped(organization, start, end, filters, group_by, _MEASURE_SUMS)
-    return None if rows is None else merge_into({}, ((key, RollupRow.from_sums(sums)) for key, sums in rows))
+    rows = _grouped(organization, start, end, filters, group_by, _sums_of(columns))
+    if rows is None:
+        return None
+    return merge_into({}, ((key, RollupRow.from_columns(columns, sums)) for key, sums in rows))
+
+
+def _sums_of(columns: Sequence[str]) -> Sequence[tuple[str, str]]:
+    if columns is MEASURE_COLUMNS:
+        return _MEASURE_SUMS
+    if not columns or columns[0] != "steps":
+        raise ValueError("the summed columns start with steps")
+    return tuple(("sum", column) for column in columns)
 
 
 def rollup_step_counts(
@@ -697,6 +736,7 @@ def subject_rollup_rows(
     end: datetime | None,
     filters: dict[str, Sequence[str]] | None = None,
     subject_ids: Sequence[str] | None = None,
+    columns: Sequence[str] = MEASURE_COLUMNS,
 ) -> dict[str, RollupRow] | None:
     """Summed measures per end user (`kind` "user") or conversation ("conversation") over [start, end), from the
     subject rollups: {subject_id: RollupRow} (counts by COUNT_COLUMNS name, with error_steps the failed steps;
@@ -706,7 +746,7 @@ def subject_rollup_rows(
     `subject_ids`, when given, limits the answer to those subjects. Whole days are read from the day rows, the
     hours at ragged ends of days from the hour rows. None when a bound is not on a whole hour (the minutes at
     such an end are only in the steps: the caller adds them from there, as the reports do). Subjects without
-    steps in the window are absent.
+    steps in the window are absent. `columns`: the MEASURE_COLUMNS to sum, as rollup_totals takes them.
     """
     if kind not in SubjectKind.values:
         raise ValueError(f"not a subject kind: {kind}")
@@ -716,10 +756,10 @@ def subject_rollup_rows(
     where: dict[str, Sequence[str]] = {**(filters or {}), "kind": [kind]}
     if subject_ids is not None:
         where["subject_id"] = list(subject_ids)
-    rows = _grouped(organization, start, end, where, ["subject_id"], _MEASURE_SUMS, tables=_SUBJECT_TABLE_OF)
+    rows = _grouped(organization, start, end, where, ["subject_id"], _sums_of(columns), tables=_SUBJECT_TABLE_OF)
     if rows is None:
         return None
-    return merge_into({}, ((key[0], RollupRow.from_sums(sums)) for key, sums in rows))
+    return merge_into({}, ((key[0], RollupRow.from_columns(columns, sums)) for key, sums in rows))
 
 
 def merge_into(result: dict[tuple[Any, ...], Any], items: Iterable[tuple[tuple[Any, ...], Any]]) -> dict:

@@ -16,6 +16,7 @@ from accounts.services import api_key_create
 from config.errors import ApplicationError
 from steps import services
 from steps.models import Step, StepRollupDay, StepRollupHour, StepStatus
+from steps.reports import usage_report
 from steps.rollups import step_rollups_rebuild
 from steps.services import StepMetricsIn
 from steps.values import Usage
@@ -811,3 +812,35 @@ def test_migration_rebuilds_the_error_rollup_rows_that_counted_cancelled_steps(o
     migration.rebuild_cancelled_error_rows(apps, SimpleNamespace(connection=connection))
 
     assert (_error_rollups(organization), _error_rollups(other)) == truth
+
+
+MEASURES = ["steps", "error_count", "error_rate", "cost_usd", "total_tokens", "prompt_tokens", "cache_hit_ratio",
+            "latency_ms_p50", "latency_ms_p95", "ttft_ms_p99"]  # fmt: skip
+
+
+@pytest.mark.parametrize("group_by", [["user"], ["conversation"], ["agent"], ["model", "day"], []])
+@pytest.mark.parametrize(
+    ("start", "end"),
+    [
+        (DAY0 + timedelta(minutes=23), DAY0 + timedelta(days=8, minutes=11)),  # days, hours and ragged edges
+        (DAY0 + timedelta(hours=5), DAY0 + timedelta(hours=30)),  # whole hours only
+    ],
+)
+def test_a_report_of_some_measures_has_the_full_report_s_values(organization, dataset, group_by, start, end):
+    """usage_report(measures=...) (the monitors' reads: only the columns a metric needs) changes no number."""
+    filters = {"start": start.isoformat(), "end": end.isoformat()}
+    full = usage_report(organization=organization, filters=filters, group_by=group_by)
+    assert full.source.startswith("rollup") and full.rows
+    keys = [{"provider": "provider"}.get(g, {"user": "user_id", "conversation": "conversation_id",
+                                               "agent": "agent_id"}.get(g, g)) for g in group_by]  # fmt: skip
+    for measure in MEASURES:
+        some = usage_report(organization=organization, filters=filters, group_by=group_by, measures=[measure])
+        assert some.source == full.source
+        expected = [{k: row[k] for k in [*keys, "steps", measure]} for row in full.rows]
+        assert [{k: row[k] for k in [*keys, "steps", measure]} for row in some.rows] == expected
+        assert set(some.rows[0]) <= {*keys, "agent_name", "steps", measure}
+    both = usage_report(organization=organization, filters=filters, group_by=group_by,
+                        measures=["error_rate", "ttft_ms_p95"])  # fmt: skip
+    assert [(r["error_rate"], r["ttft_ms_p95"]) for r in both.rows] == [
+        (r["error_rate"], r["ttft_ms_p95"]) for r in full.rows
+    ]
