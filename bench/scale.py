@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--detail-share", type=float, default=0.2, help="Share of runs with messages and traces.")
     parser.add_argument("--organization", default="scale")
     parser.add_argument("--only", choices=["small", "large"], help="Run one size only.")
+    parser.add_argument("--no-retention", action="store_true", help="Skip dropping a month (it removes data).")
     parser.add_argument("--phase", choices=["small", "large"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.phase:
@@ -85,7 +86,8 @@ def main() -> None:
         print(f"\n=== {count:,} steps: {urlparse(url).path.lstrip('/')} ===", flush=True)
         command = [sys.executable, __file__, "--phase", name, "--count", str(count), "--runs", str(args.runs),
                    "--days", str(args.days), "--users", str(args.users), "--detail-share", str(args.detail_share),
-                   "--organization", args.organization, *(["--reuse"] if args.reuse else [])]  # fmt: skip
+                   "--organization", args.organization, *(["--reuse"] if args.reuse else []),
+                   *(["--no-retention"] if args.no_retention else [])]  # fmt: skip
         env = {**os.environ, "DATABASE_URL": url}
         with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT) as process:
             assert process.stdout is not None
@@ -178,7 +180,7 @@ def phase(args: argparse.Namespace) -> None:
     result["disk"] = disk(result["steps"])
     print(f"bytes per step: {json.dumps(result['disk'])}", flush=True)
     result["deletion"] = delete_one_user(organization)
-    result["retention"] = drop_a_month(organization)
+    result["retention"] = None if args.no_retention else drop_a_month(organization)
     print(RESULT + json.dumps(result), flush=True)
 
 
