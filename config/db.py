@@ -10,7 +10,7 @@ as the ORM would load it.
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.db.models import Model
 
 
@@ -63,6 +63,14 @@ class ModelRows:
 def placeholders(values: Sequence[Any]) -> str:
     """`%s, %s, ...` for an IN list of these values."""
     return ", ".join(["%s"] * len(values))
+
+
+def advisory_xact_lock(key: str, *, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Hold a lock on `key` until the current transaction ends (PostgreSQL advisory lock). A no-op elsewhere:
+    SQLite runs one write transaction at a time."""
+    if connections[using].vendor == "postgresql":
+        with connections[using].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
 
 
 def connection_release() -> None:

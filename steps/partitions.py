@@ -18,6 +18,8 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 
+from config.db import advisory_xact_lock
+
 logger = logging.getLogger(__name__)
 
 # (table, partition key). Steps first: what is listed and dropped together, in this order.
@@ -170,7 +172,7 @@ def partitions_ensure(
     with transaction.atomic(using=using), connections[using].cursor() as cursor:
         if lock_timeout_ms is not None:
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
-        cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [_LOCK_KEY])
+        advisory_xact_lock(_LOCK_KEY, using=using)
         existing: dict[str, list[Partition]] = {}
         for partition in partitions_list(using=using):
             if not partition.is_default:

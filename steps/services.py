@@ -23,6 +23,7 @@ from pydantic import ValidationError as PydanticValidationError
 from accounts.models import Organization, Project
 from accounts.selectors import project_scope
 from agents.models import Agent, Run, RunStatus, StopReason
+from config.db import advisory_xact_lock
 from config.errors import ApplicationError, NotFound
 from steps.models import (
     Feedback,
@@ -113,7 +114,8 @@ def step_start(
     alone, keeps (run, step_number, attempt) unique."""
     with transaction.atomic():
         if step_id is not None:
-            _lock_key(f"step:{step_id}")  # the id is unique only with created_at on PostgreSQL: serialize its insert
+            # The id is unique only with created_at on PostgreSQL: serialize its insert.
+            advisory_xact_lock(f"step:{step_id}")
             existing = Step.objects.filter(pk=step_id).first()
             if existing is not None:
                 if existing.organization_id != organization.pk:
@@ -157,13 +159,6 @@ def step_start(
                 "created_at": created_at or timezone.now(),
             },
         )
-
-
-def _lock_key(key: str) -> None:
-    """A transaction-scoped lock on `key` (PostgreSQL advisory lock; SQLite's write transactions are serial)."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [key])
 
 
 def _step_insert(
