@@ -61,6 +61,9 @@ class GrantableRoleMixin:
 
 
 def _fail(request: HttpRequest, exc: ApplicationError) -> None:
+    """A refused service call: a 403 (the role may not) stays a 403; anything else is shown on the page."""
+    if exc.status_code == 403:
+        raise PermissionDenied(exc.message) from exc
     detail = "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.fields.items())
     messages.error(request, f"{exc.message} {detail}".strip())
 
@@ -204,8 +207,6 @@ class MembershipAdmin(GrantableRoleMixin, admin.ModelAdmin):
                 granter_role=granter_role(request, obj.organization_id),
             )
         except ApplicationError as exc:
-            if exc.status_code == 403:
-                raise PermissionDenied(exc.message) from exc
             _fail(request, exc)
             obj.role = Membership.objects.get(pk=obj.pk).role if obj.pk else obj.role
             return
@@ -231,8 +232,6 @@ class MembershipAdmin(GrantableRoleMixin, admin.ModelAdmin):
                 granter_role=granter_role(request, membership.organization_id),
             )
         except ApplicationError as exc:
-            if exc.status_code == 403:
-                raise PermissionDenied(exc.message) from exc
             _fail(request, exc)
 
     def delete_model(self, request: HttpRequest, obj: Membership) -> None:
@@ -243,8 +242,6 @@ class MembershipAdmin(GrantableRoleMixin, admin.ModelAdmin):
                 granter_role=granter_role(request, obj.organization_id),
             )
         except ApplicationError as exc:
-            if exc.status_code == 403:
-                raise PermissionDenied(exc.message) from exc
             _fail(request, exc)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
