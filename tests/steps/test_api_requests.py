@@ -61,6 +61,41 @@ def test_request_join_finds_steps_through_their_run(api_client, organization):
     assert [s["id"] for s in body["steps"]] == [step.id]
 
 
+def test_request_join_reads_every_partition_and_answers_the_same_each_time(api_client, organization, monkeypatch):
+    """Steps weeks apart (other partitions on PostgreSQL), one ingested before its run, and a message without a
+    step: found the same on the first call (statements prepared), the next (prepared ones reused) and with
+    statement preparation off (PgBouncer's setting)."""
+    from django.db import connection
+
+    agent = AgentFactory(organization=organization)
+    run = RunFactory(agent=agent, request_id="req-p", created_at=T0)
+    early = StepFactory(agent=agent, run=run, request_id="another", created_at=T0 - timedelta(days=30))
+    late = StepFactory(agent=agent, run=run, request_id=None, created_at=T0 + timedelta(days=20))
+    loose = StepFactory(agent=agent, request_id="req-p", created_at=T0 - timedelta(days=400))  # DEFAULT partition
+    StepMetricsFactory(step=late, ttft_ns=7)
+    MessageFactory(step=None, run=run, organization=organization, sequence_id=1, role="user",
+                   step_created_at=T0 + timedelta(days=9))  # fmt: skip
+    MessageFactory(step=early, run=run, sequence_id=2)
+    ProviderTraceFactory(step=loose)
+
+    bodies = [api_client.get("/v1/requests/req-p").json() for _ in range(3)]
+    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
+    bodies.append(api_client.get("/v1/requests/req-p").json())
+
+    first = bodies[0]
+    assert [s["id"] for s in first["steps"]] == [loose.id, early.id, late.id]
+    assert [s["metrics"]["ttft_ns"] if s["metrics"] else None for s in first["steps"]] == [None, None, 7]
+    assert [m["message_type"] for m in first["messages"]] == ["user_message", "assistant_message"]
+    assert [t["step_id"] for t in first["provider_traces"]] == [loose.id]
+    assert all(body == first for body in bodies[1:])
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement, generic_plans FROM pg_prepared_statements")
+            plans = {statement.split(" WHERE ")[0].split(" FROM ")[-1]: n for statement, n in cursor.fetchall()}
+        assert plans['"steps_step" s'] == 3  # prepared once, then run with its generic plan every time
+        assert plans['"steps_message"'] == 3
+
+
 def test_unknown_or_foreign_request_id_is_not_found(api_client):
     other = RunFactory(agent=AgentFactory(organization=OrganizationFactory()), request_id="req-theirs")
     StepFactory(agent=other.agent, run=other, request_id="req-theirs")
