@@ -121,6 +121,12 @@ class Step(models.Model):
             models.Index(fields=["trace_id"], name="step_trace_id"),
             models.Index(fields=["status", "created_at"], name="step_status_created"),
             models.Index(fields=["error_type"], name="step_error_type", condition=Q(error_type__isnull=False)),
+            # One organization's (and its projects') error types, one probe per type (the console's filter choices).
+            models.Index(
+                fields=["organization", "error_type", "project"],
+                condition=Q(error_type__isnull=False),
+                name="step_org_error_type",
+            ),
             # The errors report reads only this index (index-only scan on PostgreSQL).
             models.Index(
                 fields=["organization", "created_at"],
