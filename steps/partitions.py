@@ -208,35 +208,40 @@ class DroppedPartition:
         return {"lower": self.lower.isoformat(), "upper": self.upper.isoformat(), "rows": self.rows}
 
 
-def partitions_drop(lower: datetime, upper: datetime, *, lock_timeout_ms: int) -> DroppedPartition | None:
+def partitions_drop(
+    lower: datetime, upper: datetime, *, lock_timeout_ms: int, names: dict[str, str] | None = None
+) -> DroppedPartition | None:
     """Drop the partitions [lower, upper) of all four tables in one transaction, counting their rows first.
 
-    Dropping a partition takes an ACCESS EXCLUSIVE lock on its parent for a moment; `lock_timeout_ms` bounds how
-    long it waits for one (meanwhile other queries queue behind it), and on a timeout nothing is dropped and None
-    is returned (the caller leaves it for a later run). Children are dropped before steps. The DEFAULT partition
-    is never dropped. A table whose partition with exactly these bounds does not exist is skipped."""
-    if not is_partitioned():
+    `names` ({table: partition name}, as partitions_list gives them) spares reading the catalog again when the
+    caller already has. The partitions are locked against writes first (SHARE: reads go on), so the counts are
+    exactly the rows dropped. The counts are one statement; they read the partitions only (an index-only scan
+    where the partition is vacuumed), never under a lock on the parents. Dropping then takes an ACCESS EXCLUSIVE
+    lock on each parent for a moment; `lock_timeout_ms` bounds how long any lock is waited for (meanwhile other
+    queries queue behind it), and on a timeout (or a deadlock with a late write into these partitions) nothing is
+    dropped and None is returned (the caller leaves it for a later run). Children are dropped before steps. The
+    DEFAULT partition is never dropped. A table whose partition with exactly these bounds does not exist is
+    skipped."""
+    if names is None:
+        if not is_partitioned():
+            return None
+        names = {p.table: p.name for p in partitions_list() if p.lower == lower and p.upper == upper}
+    tables = [table for table, _ in PARTITIONED_TABLES if table in names]
+    if not tables:
         return None
-    names = {p.table: p.name for p in partitions_list() if p.lower == lower and p.upper == upper}
-    if not names:
-        return None
-    rows: dict[str, int] = {}
     try:
         with transaction.atomic(), connections[DEFAULT_DB_ALIAS].cursor() as cursor:
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
             # A table with deferred FK checks pending in this transaction cannot be dropped: run them now.
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            # Counted just before the drop, without locking the parents (counting under their ACCESS EXCLUSIVE
-            # lock would stop every read for as long); nothing writes to a partition past every retention.
-            for table, _ in PARTITIONED_TABLES:
-                if table in names:
-                    cursor.execute(f'SELECT count(*) FROM "{names[table]}"')
-                    rows[table] = cursor.fetchone()[0]
-            for table, _ in reversed(PARTITIONED_TABLES):  # children first
-                if table in names:
-                    cursor.execute(f'DROP TABLE "{names[table]}"')
-    except DatabaseError as exc:  # a lock timeout (or a concurrent drop) leaves it for the next run
-        if "lock timeout" not in str(exc) and "does not exist" not in str(exc):
+            # The partitions only, not their parents: reads go on, a (late) write into them waits and then fails.
+            cursor.execute("LOCK TABLE " + ", ".join(f'"{names[t]}"' for t in tables) + " IN SHARE MODE")
+            cursor.execute("SELECT " + ", ".join(f'(SELECT count(*) FROM "{names[t]}")' for t in tables))
+            rows = dict(zip(tables, cursor.fetchone(), strict=True))
+            for table in reversed(tables):  # children first
+                cursor.execute(f'DROP TABLE "{names[table]}"')
+    except DatabaseError as exc:  # a lock timeout, a deadlock (or a concurrent drop) leaves it for the next run
+        if not any(text in str(exc) for text in ("lock timeout", "deadlock detected", "does not exist")):
             raise
         logger.warning("partitions [%s, %s) not dropped now: %s", lower, upper, exc)
         return None

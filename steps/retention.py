@@ -27,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import Organization, Project
@@ -46,6 +46,7 @@ from steps.models import (
     SubjectRollupHour,
 )
 from steps.partitions import PARTITIONED_TABLES, is_partitioned, partitions_drop, partitions_list
+from steps.runs import runs_delete_empty
 
 HOUR_ROLLUPS = (StepRollupHour, SubjectRollupHour, ErrorRollupHour)
 DAY_ROLLUPS = (StepRollupDay, SubjectRollupDay, ErrorRollupDay)
@@ -105,13 +106,19 @@ def retention_policies(*, now: datetime) -> Iterator[RetentionPolicy]:
 
 
 def _delete_in_batches(
-    queryset: QuerySet, *, batch_size: int, time_field: str = "created_at"
+    queryset: QuerySet,
+    *,
+    batch_size: int,
+    time_field: str = "created_at",
+    delete: Callable[[list[Any]], dict[str, int]] | None = None,
 ) -> Iterator[dict[str, int]]:
     """Delete `queryset`'s rows oldest first, `batch_size` at a time, each batch its own transaction.
 
     Walked in (`time_field`, pk) order from a cursor, so each batch reads the next rows of the (organization,
     time) index instead of sorting every matching row again: a row the condition keeps (a run that still has
-    steps) is passed once, not once per batch. The condition is checked again in the deleting transaction."""
+    steps) is passed once, not once per batch. The condition is checked again in the deleting transaction.
+    `delete` (pks -> rows removed per model label) replaces `queryset.filter(pk__in=pks).delete()`; it may
+    delete fewer (it checks a condition of its own)."""
     after: tuple[datetime, Any] | None = None
     while True:
         page = queryset.order_by(time_field, "pk")
@@ -120,8 +127,9 @@ def _delete_in_batches(
         rows = list(page.values_list(time_field, "pk")[:batch_size])
         if not rows:
             return
+        pks = [pk for _, pk in rows]
         with transaction.atomic():
-            _, counts = queryset.filter(pk__in=[pk for _, pk in rows]).delete()
+            counts = delete(pks) if delete is not None else queryset.filter(pk__in=pks).delete()[1]
         yield counts
         if len(rows) < batch_size:
             return
@@ -148,10 +156,12 @@ def retention_apply(
             record.provider_traces_removed += counts.get(ProviderTrace._meta.label, 0)
         # Runs older than the cutoff that no step is left in (their steps just went, or they never had one):
         # a run that old is long finished (a run's hard time limit is minutes), so nothing still writes to it.
-        empty_runs = Run.objects.filter(
+        # Walked from the (organization, created_at) index; which of them are empty is checked per batch, in its
+        # transaction (steps.runs: one index probe per run and partition, not a scan of the steps).
+        old_runs = Run.objects.filter(
             policy.scope("project_id"), organization_id=policy.organization_id, created_at__lt=policy.cutoff
-        ).filter(~Exists(Step.objects.filter(run_id=OuterRef("pk"))))
-        for counts in _delete_in_batches(empty_runs, batch_size=batch_size):
+        )
+        for counts in _delete_in_batches(old_runs, batch_size=batch_size, delete=runs_delete_empty):
             record.runs_removed += counts.get(Run._meta.label, 0)
             record.messages_removed += counts.get(Message._meta.label, 0)
         if purge_rollups:
@@ -192,11 +202,14 @@ def _distinct(cursor: Any, table: str, column: str, where: str = "TRUE") -> list
     return [x for (x,) in cursor.fetchall()]
 
 
-def _owners(names: dict[str, str]) -> set[tuple[str, str | None]] | None:
+def _owners(
+    names: dict[str, str], *, project_org: dict[str, str], own_days: set[str]
+) -> set[tuple[str, str | None]] | None:
     """Who has rows in one interval's partitions: (organization, project or None); None when a step there is still
-    pending (it may yet be written to, so the interval is not dropped)."""
+    pending (it may yet be written to, so the interval is not dropped). A project without retention days of its
+    own (not in `own_days`) has its organization's cutoff, so its step-less messages count as (organization,
+    None) and their runs are looked up only in organizations with such projects."""
     owners: set[tuple[str, str | None]] = set()
-    project_org = dict(Project.objects.values_list("id", "organization_id"))
     with connection.cursor() as cursor:
         steps = names[STEPS]
         cursor.execute(f"SELECT EXISTS (SELECT 1 FROM \"{steps}\" WHERE status = 'pending')")
@@ -211,11 +224,20 @@ def _owners(names: dict[str, str]) -> set[tuple[str, str | None]] | None:
                 owners.add((organization_id, None))
         owners |= {(project_org.get(p, ""), p) for p in _distinct(cursor, steps, "project_id")}
         if MESSAGES in names:  # messages without a step are partitioned by their own time: whose runs are they?
-            cursor.execute(
-                f'SELECT DISTINCT m.organization_id, r.project_id FROM "{names[MESSAGES]}" m '
-                f"LEFT JOIN {Run._meta.db_table} r ON r.id = m.run_id WHERE m.step_id IS NULL"
-            )
-            owners |= set(cursor.fetchall())
+            messages = names[MESSAGES]
+            cursor.execute(f'SELECT DISTINCT organization_id FROM "{messages}" WHERE step_id IS NULL')
+            with_own_days = {project_org.get(p) for p in own_days}
+            for (organization_id,) in cursor.fetchall():
+                if organization_id not in with_own_days:
+                    owners.add((organization_id, None))
+                    continue
+                cursor.execute(
+                    f'SELECT DISTINCT r.project_id FROM (SELECT DISTINCT run_id FROM "{messages}" '
+                    f"WHERE step_id IS NULL AND organization_id = %s) m "
+                    f"LEFT JOIN {Run._meta.db_table} r ON r.id = m.run_id",
+                    [organization_id],
+                )
+                owners |= {(organization_id, project_id) for (project_id,) in cursor.fetchall()}
     return owners
 
 
@@ -224,6 +246,8 @@ def _drop_partitions(record: RetentionRun, *, now: datetime) -> None:
     if not is_partitioned():
         return
     cutoff_of = _cutoffs(now)
+    project_org = dict(Project.objects.values_list("id", "organization_id"))
+    own_days = set(Project.objects.filter(retention_days__isnull=False).values_list("id", flat=True))
     by_bounds: dict[tuple[datetime, datetime], dict[str, str]] = {}
     for partition in partitions_list():
         if not partition.is_default and partition.upper <= now:
@@ -231,13 +255,15 @@ def _drop_partitions(record: RetentionRun, *, now: datetime) -> None:
     for (lower, upper), names in sorted(by_bounds.items()):
         if STEPS not in names:
             continue
-        owners = _owners(names)
+        owners = _owners(names, project_org=project_org, own_days=own_days)
         if not owners:  # a step still pending; or empty (kept: a late span of that interval still has a home)
             continue
         cutoffs = [cutoff_of(organization_id, project_id) for organization_id, project_id in owners]
         if any(cutoff is None or cutoff < upper for cutoff in cutoffs):
             continue
-        dropped = partitions_drop(lower, upper, lock_timeout_ms=settings.STEPLENS_PARTITION_LOCK_TIMEOUT_MS)
+        dropped = partitions_drop(
+            lower, upper, lock_timeout_ms=settings.STEPLENS_PARTITION_LOCK_TIMEOUT_MS, names=names
+        )
         if dropped is None:
             continue
         record.partitions_dropped.append(dropped.describe())

@@ -1,9 +1,11 @@
-"""Runs and the steps left in them: which runs no step is left in, the check retention and deletion share."""
+"""Runs and the steps left in them: which runs no step is left in (the check retention and deletion share), and
+removing such runs with the messages they still hold."""
 
+from django.db import connection
 from django.db.models import Exists, OuterRef, QuerySet
 
 from agents.models import Run
-from steps.models import Step
+from steps.models import Message, Step
 
 
 def runs_left_empty(runs: QuerySet[Run]) -> QuerySet[Run]:
@@ -14,3 +16,45 @@ def runs_left_empty(runs: QuerySet[Run]) -> QuerySet[Run]:
     the run itself. Meant for a bounded set of runs (a list of ids, or a queryset read with a LIMIT): its cost
     grows with the runs looked at, not with the steps stored."""
     return runs.filter(~Exists(Step.objects.filter(run_id=OuterRef("pk"))))
+
+
+def runs_delete_empty(run_ids: list[str]) -> dict[str, int]:
+    """Delete those of `run_ids` that no step is left in, with their messages, in the caller's transaction (call
+    it inside one). Returns the rows removed per model label, like QuerySet.delete().
+
+    The same rows as `runs_left_empty(Run.objects.filter(pk__in=run_ids)).delete()`, without Django's collector:
+    a run left empty has no step to cascade to, and on PostgreSQL the collector's `DELETE FROM steps_message
+    WHERE run_id IN (...)` is planned as a sequential scan of every message partition (the planner expects each
+    run's messages in each of them; at 10M steps, seconds per batch). Here each run's messages are found with one
+    probe of the (run, sequence_id) index per partition instead, and most runs have none left. The runs are locked
+    first, so a step recorded into one of them meanwhile waits, and then fails its foreign key rather than being
+    orphaned."""
+    if not run_ids:
+        return {}
+    empty = list(
+        runs_left_empty(Run.objects.filter(pk__in=run_ids))
+        .order_by("pk")
+        .select_for_update()
+        .values_list("pk", flat=True)
+    )
+    if not empty:
+        return {}
+    messages = Message.objects.filter(run_id__in=empty)
+    if connection.vendor == "postgresql":
+        # OFFSET 0 keeps the subquery from being flattened into a join the planner would hash (scanning every
+        # partition): per run, an index probe in each partition.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f'SELECT m.id FROM unnest(%s::text[]) AS r(id) CROSS JOIN LATERAL (SELECT "id" FROM '
+                f'"{Message._meta.db_table}" WHERE "run_id" = r.id OFFSET 0) m',
+                [empty],
+            )
+            found = [pk for (pk,) in cursor.fetchall()]
+        messages = Message.objects.filter(pk__in=found) if found else Message.objects.none()
+    counts: dict[str, int] = {}
+    _, removed = messages.delete()  # a message has nothing depending on it: one DELETE, no collector
+    counts.update(removed)
+    with connection.cursor() as cursor:  # no step left to cascade to: no collector (see above)
+        cursor.execute(f'DELETE FROM "{Run._meta.db_table}" WHERE "id" IN ({", ".join(["%s"] * len(empty))})', empty)
+        counts[Run._meta.label] = cursor.rowcount
+    return counts
