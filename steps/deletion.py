@@ -2,14 +2,21 @@
 what they added to every rollup.
 
 A job (DeletionJob) walks the matching steps in id order, STEPLENS_DELETION_BATCH_SIZE at a time. Each batch is
-one transaction that locks the steps, deletes them (their children cascade), subtracts them from the rollups and
-moves the job's cursor: a worker that dies mid-batch leaves nothing half done, and running the job again (or
-twice at once) finds only the steps still there.
+one transaction that locks the steps, subtracts them from the rollups, deletes them with their children, deletes
+the runs left empty and moves the job's cursor: a worker that dies mid-batch leaves nothing half done, and running
+the job again (or twice at once) finds only the steps still there.
+
+Rows: a batch's steps are grouped per partition interval (steps.partitions) and each DELETE of the steps or of
+their metrics, messages and provider traces is bounded by its interval's created_at (step_created_at), so on
+PostgreSQL it touches that one partition; the deletes are direct (Django's collector would look the children up
+again by step id alone, in every partition). The runs left empty (steps.runs.runs_left_empty) go with their
+messages of no step.
 
 Rollups: the usage and subject rollups get the deleted steps' own rows (steps.rollups: usage_rows,
 subject_rows, the recording path's rules) with the sign turned, and rows left with no step are removed. The
-errors rollups keep a first/last seen time and an example step id that cannot be subtracted, so for every day a
-deleted failed step fell in they are recomputed from the steps left (errors are few, so this reads little).
+errors rollups keep a first/last seen time and an example step id that cannot be subtracted, so the rows the
+deleted failed steps fell in (hour and key, then day and key) are rebuilt from the steps left
+(steps.rollups.errors_rollups_refresh: the rebuild's queries restricted to those keys).
 """
 
 from datetime import datetime, timedelta
@@ -17,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import F
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -28,27 +35,27 @@ from steps.filters import is_filter_param
 from steps.models import (
     DeletionJob,
     DeletionStatus,
-    ErrorRollupDay,
-    ErrorRollupHour,
     Message,
     ProviderTrace,
     Step,
+    StepMetrics,
     StepRollupDay,
     StepRollupHour,
     SubjectRollupDay,
     SubjectRollupHour,
 )
+from steps.partitions import partition_floor, partition_interval
 from steps.rollups import (
     MEASURE_COLUMNS,
     day_of,
-    errors_rollups_rebuild,
+    errors_rollups_refresh,
     hour_of,
     multi_row_upsert,
-    step_is_error,
     subject_rows,
     upsert_sql,
     usage_rows,
 )
+from steps.runs import runs_left_empty
 from steps.selectors import step_queryset
 
 # The rollups a step's measures are summed into: table, bucket, the recording path's row rule.
@@ -129,14 +136,60 @@ def _subtract_rollups(steps: list[Step]) -> None:
             empty.delete()
 
 
-def _recompute_errors(organization_id: str, days: set[datetime]) -> None:
-    """The errors rollups of `days`, again from the steps left (after the failed steps of those days went)."""
-    organization = Organization.objects.get(pk=organization_id)
-    for day in sorted(days):
-        end = day + timedelta(days=1)
-        for model in (ErrorRollupHour, ErrorRollupDay):
-            model.objects.filter(organization_id=organization_id, bucket__gte=day, bucket__lt=end).delete()
-        errors_rollups_rebuild(organization=organization, start=day, end=end)
+# The tables a step's rows live in besides its own, keyed by step_id and, on PostgreSQL, partitioned like the steps
+# by step_created_at (the step's created_at). Every model with a foreign key to Step (all on_delete=CASCADE).
+_CHILDREN = (StepMetrics, Message, ProviderTrace)
+
+
+def _by_partition(rows: list[tuple[str, datetime]]) -> list[tuple[datetime, datetime, list[str]]]:
+    """(step id, created_at) pairs grouped per partition interval: [lower, upper) and the ids in it, in order.
+
+    A statement bounded by one interval's created_at touches that partition only (or the DEFAULT one), where the
+    step id alone would probe every partition's index. On SQLite the groups are mere ranges."""
+    interval, groups = partition_interval(), {}
+    for pk, created_at in rows:
+        groups.setdefault(partition_floor(created_at), []).append(pk)
+    return [(lower, lower + interval, ids) for lower, ids in sorted(groups.items())]
+
+
+def _lock_batch(queryset: Any, batch_size: int) -> tuple[list[Step], str | None]:
+    """The next `batch_size` matching steps in id order, locked (partition by partition), and the last id read
+    (None: none left). A step deleted meanwhile is not among them."""
+    rows = list(queryset.order_by("pk").values_list("pk", "created_at")[:batch_size])
+    steps: list[Step] = []
+    for lower, upper, ids in _by_partition(rows):
+        steps += Step.objects.select_for_update().filter(pk__in=ids, created_at__gte=lower, created_at__lt=upper)
+    steps.sort(key=lambda step: step.pk)
+    return steps, rows[-1][0] if rows else None
+
+
+def _delete_rows(groups: list[tuple[datetime, datetime, list[str]]]) -> dict[str, int]:
+    """Delete the steps of `groups` and their children, partition by partition; rows deleted per model label.
+
+    Straight DELETEs (no collector: it would look the children up again by step_id alone, in every partition).
+    The children go first; nothing else references a step."""
+    counts: dict[str, int] = {}
+    using = connection.alias
+    for lower, upper, ids in groups:
+        for model in _CHILDREN:
+            children = model.objects.filter(step_id__in=ids, step_created_at__gte=lower, step_created_at__lt=upper)
+            counts[model._meta.label] = counts.get(model._meta.label, 0) + children._raw_delete(using)
+        steps = Step.objects.filter(pk__in=ids, created_at__gte=lower, created_at__lt=upper)
+        counts[Step._meta.label] = counts.get(Step._meta.label, 0) + steps._raw_delete(using)
+    return counts
+
+
+def _delete_runs_left_empty(run_ids: set[str]) -> dict[str, int]:
+    """Delete the runs of `run_ids` that have no step left, with their messages; rows deleted per model label."""
+    if not run_ids:
+        return {}
+    empty = list(runs_left_empty(Run.objects.filter(pk__in=run_ids)).select_for_update().values_list("pk", flat=True))
+    if not empty:
+        return {}
+    using = connection.alias
+    messages = Message.objects.filter(run_id__in=empty)._raw_delete(using)  # those of no step (the others went)
+    runs = Run.objects.filter(pk__in=empty)._raw_delete(using)
+    return {Message._meta.label: messages, Run._meta.label: runs}
 
 
 def _batch(job: DeletionJob, batch_size: int) -> bool:
@@ -148,22 +201,17 @@ def _batch(job: DeletionJob, batch_size: int) -> bool:
         queryset = _matching(job)
         if job.cursor:
             queryset = queryset.filter(pk__gt=job.cursor)
-        ids = list(queryset.order_by("pk").values_list("pk", flat=True)[:batch_size])
-        if not ids:
+        steps, last_id = _lock_batch(queryset, batch_size)
+        if last_id is None:
             job.status = DeletionStatus.SUCCEEDED
             job.finished_at = job.updated_at = timezone.now()
             job.save(update_fields=["status", "finished_at", "updated_at"])
             return False
-        steps = list(Step.objects.select_for_update().filter(pk__in=ids).order_by("pk"))
         _subtract_rollups(steps)
-        run_ids = {s.run_id for s in steps if s.run_id}
-        _, counts = Step.objects.filter(pk__in=[s.pk for s in steps]).delete()
-        error_days = {day_of(s.created_at) for s in steps if step_is_error(s)}
-        if error_days:
-            _recompute_errors(job.organization_id, error_days)
-        empty = Run.objects.filter(pk__in=run_ids).filter(~Exists(Step.objects.filter(run_id=OuterRef("pk"))))
-        _, run_counts = empty.delete()
-        job.cursor = ids[-1]
+        counts = _delete_rows(_by_partition([(s.pk, s.created_at) for s in steps]))
+        errors_rollups_refresh(steps=steps)
+        run_counts = _delete_runs_left_empty({s.run_id for s in steps if s.run_id})
+        job.cursor = last_id
         job.status = DeletionStatus.RUNNING
         job.error = ""
         job.steps_deleted += counts.get(Step._meta.label, 0)

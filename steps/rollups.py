@@ -3,7 +3,8 @@
 `step_rollup_add` is called by the write path (steps.services) when a step ends; it upserts one row
 per table with `INSERT ... ON CONFLICT DO UPDATE`, so concurrent workers add up instead of racing.
 `step_rollups_rebuild` recomputes a range from the steps (after a bulk load such as seed_steps, or to
-repair). `rollup_totals` reads summed measures and histograms for the reports.
+repair); `errors_rollups_refresh` rebuilds only the errors rows some steps fall in (after a deletion).
+`rollup_totals` reads summed measures and histograms for the reports.
 
 Exactness: step counts, error counts, token sums and cost sums equal a scan of the steps (for steps
 that ended through the write path). Latency and TTFT percentiles come from log-scale histograms
@@ -385,17 +386,86 @@ def greatest_id(column: str) -> Max:
 
 def errors_rollups_rebuild(*, organization: Organization, start: datetime | None, end: datetime | None) -> None:
     """The errors rollups of [start, end) from the steps: hours by one grouped query, days from the hours."""
+    _errors_hours_insert(organization, _range_q(start, end, "created_at"))
+    _errors_days_insert(organization, _range_q(start, end, "bucket"))
+
+
+# Keys per statement of errors_rollups_refresh: each is an OR arm, and SQLite caps an expression's depth at 1000.
+_REFRESH_CHUNK = 100
+
+
+def errors_rollups_refresh(*, steps: Sequence[Step]) -> None:
+    """The errors rollup rows `steps` fall in (failed steps just deleted, say), again from the steps in the
+    database: each such hour row is rebuilt from the steps of its hour and key, each such day row from the hour rows
+    of its day and key; a row with no step left goes. The same queries as errors_rollups_rebuild, restricted to
+    those keys: the result is what a rebuild would write."""
+    by_organization: dict[str, list[dict[str, Any]]] = {}
+    for row in error_rows(steps, hour_of):
+        by_organization.setdefault(row["organization_id"], []).append(row)
+    for organization_id, hours in by_organization.items():
+        organization = Organization.objects.get(pk=organization_id)
+        days = {_error_key(row, day_of(row["bucket"])): row for row in hours}
+        for chunk in _chunks(hours):
+            ErrorRollupHour.objects.filter(
+                _any(_error_key_q(row, row["bucket"], None, "bucket") for row in chunk), organization=organization
+            ).delete()
+            steps_of_keys = (_error_key_q(row, row["bucket"], timedelta(hours=1), "created_at") for row in chunk)
+            _errors_hours_insert(organization, _any(steps_of_keys))
+        for chunk in _chunks(list(days.values())):
+            ErrorRollupDay.objects.filter(
+                _any(_error_key_q(row, day_of(row["bucket"]), None, "bucket") for row in chunk),
+                organization=organization,
+            ).delete()
+            hours_of_keys = (_error_key_q(row, day_of(row["bucket"]), timedelta(days=1), "bucket") for row in chunk)
+            _errors_days_insert(organization, _any(hours_of_keys))
+
+
+def _error_key(row: dict[str, Any], bucket: datetime) -> tuple[Any, ...]:
+    return (bucket, row["error_type"], *(row[d] for d in ROLLUP_DIMENSIONS))
+
+
+def _chunks(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    return [rows[i : i + _REFRESH_CHUNK] for i in range(0, len(rows), _REFRESH_CHUNK)]
+
+
+def _any(conditions: Iterable[Q]) -> Q:
+    out = Q()
+    for condition in conditions:
+        out |= condition
+    return out
+
+
+def _error_key_q(row: dict[str, Any], bucket: datetime, span: timedelta | None, time_field: str) -> Q:
+    """An errors rollup row's key (`row`'s error type and dimensions) at `bucket`: the rollup row itself
+    (`span` None), or what falls in [bucket, bucket + span) under that key. On the steps (`time_field`
+    created_at) a '' dimension is NULL or '', as the rebuild's Coalesce reads it."""
+    condition = Q(**{time_field: bucket}) if span is None else _range_q(bucket, bucket + span, time_field)
+    condition &= Q(error_type=row["error_type"])
+    for name in ROLLUP_DIMENSIONS:
+        if time_field == "created_at" and row[name] == "":
+            condition &= Q(**{f"{name}__isnull": True}) | Q(**{name: ""})
+        else:
+            condition &= Q(**{name: row[name]})
+    return condition
+
+
+def _errors_hours_insert(organization: Organization, where: Q) -> None:
+    """Insert the errors hour rows of the organization's failed steps matching `where`, grouped per hour and key."""
     dims = {d: Coalesce(d, Value("")) for d in ROLLUP_DIMENSIONS}
     hours = (
-        Step.objects.filter(_range_q(start, end, "created_at"), ERROR_STEPS, organization=organization)
+        Step.objects.filter(where, ERROR_STEPS, organization=organization)
         .annotate(hour=TruncHour("created_at", tzinfo=UTC), **{f"dim_{d}": expr for d, expr in dims.items()})
         .values("hour", "error_type", *(f"dim_{d}" for d in ROLLUP_DIMENSIONS))
         .annotate(n=Count("pk"), first=Min("created_at"), last=Max("created_at"), example=greatest_id("id"))
         .order_by()
     )
     _store_errors(ErrorRollupHour, organization, hours, bucket="hour", dimension_prefix="dim_")
+
+
+def _errors_days_insert(organization: Organization, where: Q) -> None:
+    """Insert the errors day rows of the organization's errors hour rows matching `where`, grouped per day and key."""
     days = (
-        ErrorRollupHour.objects.filter(_range_q(start, end, "bucket"), organization=organization)
+        ErrorRollupHour.objects.filter(where, organization=organization)
         .annotate(day=TruncDay("bucket", tzinfo=UTC))
         .values("day", *ERROR_ROLLUP_KEY)
         .annotate(
