@@ -166,11 +166,12 @@ _AGENT_NAME = ["id", "name"]
 
 
 class _Statements:
-    """Runs the request join's statements. On PostgreSQL the three matching by request or run id (runs, steps,
-    messages) are prepared once per connection and run with a generic plan: the steps and messages cannot name a
-    partition, and planning them over every partition and its twenty indexes cost more than running them (2.3 of
-    2.6 ms for the steps at 1M steps, growing with the partitions); a generic plan is made once. The metrics and
-    provider traces match the partition key and are planned each time, so PostgreSQL reads only those partitions.
+    """Runs a read's statements. On PostgreSQL, `generic` statements (those that cannot name a partition, such as
+    the request join's runs, steps and messages by request or run id) are prepared once per connection and run
+    with a generic plan: planning them over every partition and its twenty indexes cost more than running them
+    (2.3 of 2.6 ms for the request join's steps at 1M steps, growing with the partitions); a generic plan is made
+    once. `planned` statements (those matching the partition key) are planned each time, so PostgreSQL reads only
+    the partitions they name.
 
     A prepared statement outlives the transaction on its connection; with connection pooling in transaction
     mode (`DISABLE_SERVER_SIDE_CURSORS`, as Django asks for PgBouncer) every statement is planned each time.
@@ -368,24 +369,25 @@ def step_error_types(*, organization_id: str | None = None, project_ids: Sequenc
         distinct = base.filter(error_type__isnull=False).order_by("error_type").values_list("error_type", flat=True)
         return list(distinct.distinct()[:200])
     table = Step._meta.db_table
-    where, params = "", []
-    if organization_id:
-        where, params = "organization_id = %s AND ", [organization_id]
-        if project_ids:
-            where += f"project_id IN ({placeholders(project_ids)}) AND "
-            params += list(project_ids)
-    sql = f"""
-        WITH RECURSIVE types(t) AS (
-            (SELECT error_type FROM {table} WHERE {where}error_type IS NOT NULL ORDER BY error_type LIMIT 1)
-            UNION ALL
-            SELECT (SELECT error_type FROM {table} WHERE {where}error_type > types.t ORDER BY error_type LIMIT 1)
-            FROM types WHERE types.t IS NOT NULL
-        )
-        SELECT t FROM types WHERE t IS NOT NULL LIMIT 200
-    """
-    with db.cursor() as cursor:
-        cursor.execute(sql, params * 2)
-        return [row[0] for row in cursor.fetchall()]
+    # Planning the two probes over every partition costs more than running them: a generic plan, made once.
+    with transaction.atomic(using=db.alias), _Statements(db) as q:
+        where, params = "", []
+        if organization_id:
+            where, params = "organization_id = %s AND ", [organization_id]
+            if project_ids:
+                in_projects, project_params = q.any_of("project_id", project_ids)
+                where += f"{in_projects} AND "
+                params += project_params
+        sql = f"""
+            WITH RECURSIVE types(t) AS (
+                (SELECT error_type FROM {table} WHERE {where}error_type IS NOT NULL ORDER BY error_type LIMIT 1)
+                UNION ALL
+                SELECT (SELECT error_type FROM {table} WHERE {where}error_type > types.t ORDER BY error_type LIMIT 1)
+                FROM types WHERE types.t IS NOT NULL
+            )
+            SELECT t FROM types WHERE t IS NOT NULL LIMIT 200
+        """
+        return [row[0] for row in q.generic(sql, params * 2)]
 
 
 def step_organization(*, step_id: str) -> Organization | None:
