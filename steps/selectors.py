@@ -169,7 +169,7 @@ class _Statements:
     """Runs a read's statements. On PostgreSQL, `generic` statements (those that cannot name a partition, such as
     the request join's runs, steps and messages by request or run id) are prepared once per connection and run
     with a generic plan: planning them over every partition and its twenty indexes cost more than running them
-    (2.3 of 2.6 ms for the request join's steps at 1M steps, growing with the partitions); a generic plan is made
+    (2.1 of 2.4 ms for the request join's steps at 1M steps, growing with the partitions); a generic plan is made
     once. `planned` statements (those matching the partition key) are planned each time, so PostgreSQL reads only
     the partitions they name.
 
