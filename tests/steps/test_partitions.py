@@ -34,7 +34,7 @@ from steps.retention import retention_apply
 from steps.services import StepMetricsIn
 from steps.tasks import ensure_partitions
 from steps.values import Usage
-from tests.factories import AgentFactory, OrganizationFactory
+from tests.factories import AgentFactory, MessageFactory, OrganizationFactory, ProjectFactory
 
 TABLES = [table for table, _ in PARTITIONED_TABLES]
 
@@ -271,6 +271,75 @@ def test_retention_drops_whole_partitions_past_every_retention_and_batches_the_r
     assert stored.partitions_dropped == record.partitions_dropped
     by_drop = sum(d["rows"]["steps_step"] for d in record.partitions_dropped)
     assert 0 < by_drop <= len(removed)
+
+
+def test_retention_drop_records_exactly_the_rows_dropped_and_removes_the_runs_the_drop_left_empty(
+    postgres, db, organization
+):
+    now = timezone.now()
+    partitions_ensure(now - timedelta(days=90), now)
+    organization.retention_days = 30
+    organization.save()
+    gone = Run.objects.create(organization=organization, request_id="req-gone")
+    Run.objects.filter(pk=gone.pk).update(created_at=now - timedelta(days=62))
+    for days in (60, 61):  # its only steps: in a partition that is dropped
+        _step(organization, when=now - timedelta(days=days), run=gone)
+    # A step-less message of that run in a partition that stays: it goes with the run.
+    services.messages_create(
+        organization=organization, run=gone, messages=[{"role": "user", "content": [{"type": "text", "text": "x"}]}]
+    )
+    mixed = Run.objects.create(organization=organization, request_id="req-mixed")
+    Run.objects.filter(pk=mixed.pk).update(created_at=now - timedelta(days=62))
+    _step(organization, when=now - timedelta(days=60), run=mixed)
+    recent = _step(organization, when=now - timedelta(days=5), run=mixed)
+    before = {p.name: p.rows for p in partitions_list(exact=True)}
+    models = (Step, StepMetrics, Message, ProviderTrace)
+    totals = {model: model.objects.count() for model in models}
+
+    record = retention_apply(now=now)
+
+    assert record.partitions_dropped
+    for dropped in record.partitions_dropped:
+        lower = datetime.fromisoformat(dropped["lower"])
+        assert dropped["rows"] == {table: before[partition_name(table, lower)] for table in TABLES}
+    removed = {model: totals[model] - model.objects.count() for model in models}
+    assert (record.steps_removed, record.metrics_removed, record.messages_removed, record.provider_traces_removed) == (
+        removed[Step],
+        removed[StepMetrics],
+        removed[Message],
+        removed[ProviderTrace],
+    )
+    assert removed[Step] == 3 and removed[Message] == 4  # the steps' messages and the run's step-less one
+    assert list(Step.objects.values_list("pk", flat=True)) == [recent.pk]
+    assert set(Run.objects.values_list("pk", flat=True)) == {mixed.pk}
+    assert record.runs_removed == 1 and not Message.objects.filter(run_id=gone.pk).exists()
+    assert RetentionRun.objects.get(pk=record.pk).messages_removed == record.messages_removed
+
+
+def test_a_step_less_message_of_a_project_that_keeps_longer_holds_its_partition(postgres, db, organization):
+    """Whose step-less messages sit in a partition is read through their runs only where it matters (an
+    organization with a project of its own retention): such a message keeps its partition, another does not."""
+    now = timezone.now()
+    partitions_ensure(now - timedelta(days=90), now)
+    organization.retention_days = 30
+    organization.save()
+    longer = ProjectFactory(organization=organization, retention_days=365)
+    held_run = Run.objects.create(organization=organization, project=longer, request_id="req-held")
+    held = MessageFactory(step=None, run=held_run, organization=organization, step_created_at=now - timedelta(days=60))
+    _step(organization, when=now - timedelta(days=60))
+    other_run = Run.objects.create(organization=organization, request_id="req-other")
+    other = MessageFactory(
+        step=None, run=other_run, organization=organization, step_created_at=now - timedelta(days=75)
+    )
+    _step(organization, when=now - timedelta(days=75))
+
+    record = retention_apply(now=now)
+
+    dropped = {datetime.fromisoformat(d["lower"]) for d in record.partitions_dropped}
+    assert partition_floor(now - timedelta(days=75)) in dropped
+    assert partition_floor(now - timedelta(days=60)) not in dropped
+    assert Message.objects.filter(pk=held.pk).exists() and not Message.objects.filter(pk=other.pk).exists()
+    assert not Step.objects.filter(organization=organization, created_at__lt=now - timedelta(days=30)).exists()
 
 
 # -- migrate an existing database with rows ----------------------------------------------------------------------

@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
+from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -23,6 +24,7 @@ from steps.models import (
 )
 from steps.retention import retention_apply
 from steps.rollups import hour_of
+from steps.runs import runs_delete_empty, runs_left_empty
 from steps.services import StepMetricsIn
 from steps.tasks import apply_retention
 from steps.values import Usage
@@ -211,3 +213,68 @@ def test_batches_walk_past_old_runs_that_still_have_steps_and_remove_every_empty
 
     assert set(Run.objects.filter(organization=organization).values_list("pk", flat=True)) == set(kept)
     assert RetentionRun.objects.get(pk=run.pk).runs_removed == len(empty)
+
+
+def _runs_and_messages(organization) -> tuple[set[str], set[str]]:
+    return (
+        set(Run.objects.filter(organization=organization).values_list("pk", flat=True)),
+        set(Message.objects.filter(organization=organization).values_list("pk", flat=True)),
+    )
+
+
+def test_runs_delete_empty_removes_the_runs_no_step_is_left_in_with_their_messages_as_the_orm_delete_does(
+    organization, now
+):
+    """The fast path (no collector; messages found per run) removes exactly what runs_left_empty(...).delete()
+    removes: the empty runs and every message they hold, whatever its time; runs with a step stay, also a run
+    whose only step is older than the run itself (an ingested run)."""
+    empty = Run.objects.create(organization=organization, request_id="req-empty")
+    for days in (3, 40, 400):  # step-less messages of the run, in different partitions on PostgreSQL
+        MessageFactory(step=None, run=empty, organization=organization, step_created_at=now - timedelta(days=days))
+    never = Run.objects.create(organization=organization, request_id="req-never")
+    kept = Run.objects.create(organization=organization, request_id="req-kept")
+    _record(organization, days_ago=1, now=now, run=kept)
+    kept_message = MessageFactory(step=None, run=kept, organization=organization, step_created_at=now)
+    earlier = Run.objects.create(organization=organization, request_id="req-earlier")
+    _record(organization, days_ago=20, now=now, run=earlier)  # the step is 20 days older than its run
+    ids = [empty.pk, never.pk, kept.pk, earlier.pk]
+    assert set(runs_left_empty(Run.objects.filter(pk__in=ids)).values_list("pk", flat=True)) == {empty.pk, never.pk}
+
+    with transaction.atomic():
+        _, by_orm = runs_left_empty(Run.objects.filter(pk__in=ids)).delete()
+        left_by_orm = _runs_and_messages(organization)
+        transaction.set_rollback(True)
+    with transaction.atomic():
+        counts = runs_delete_empty(ids)
+
+    assert counts == {label: n for label, n in by_orm.items() if n} == {Run._meta.label: 2, Message._meta.label: 3}
+    assert _runs_and_messages(organization) == left_by_orm
+    assert set(Run.objects.filter(pk__in=ids).values_list("pk", flat=True)) == {kept.pk, earlier.pk}
+    assert not Message.objects.filter(run_id=empty.pk).exists()
+    assert Message.objects.filter(pk=kept_message.pk).exists()
+    assert runs_delete_empty([]) == {} and runs_delete_empty([kept.pk]) == {}
+
+
+def test_retention_removes_the_runs_its_steps_left_empty_with_their_messages_and_counts_them(organization, now):
+    organization.retention_days = 30
+    organization.save()
+    gone = Run.objects.create(organization=organization, request_id="req-gone")
+    Run.objects.filter(pk=gone.pk).update(created_at=now - timedelta(days=61))
+    for i in range(2):
+        _record(organization, days_ago=60 + i, now=now, run=gone, i=i)
+    MessageFactory(step=None, run=gone, organization=organization, step_created_at=now - timedelta(days=2))
+    mixed = Run.objects.create(organization=organization, request_id="req-mixed")
+    Run.objects.filter(pk=mixed.pk).update(created_at=now - timedelta(days=61))
+    _record(organization, days_ago=60, now=now, run=mixed)
+    recent_step = _record(organization, days_ago=10, now=now, run=mixed)
+    messages_before = Message.objects.filter(organization=organization).count()
+
+    record = retention_apply(now=now)
+
+    assert set(Run.objects.filter(organization=organization).values_list("pk", flat=True)) == {mixed.pk}
+    assert not Message.objects.filter(run_id=gone.pk).exists()
+    assert list(Step.objects.filter(organization=organization).values_list("pk", flat=True)) == [recent_step.pk]
+    assert record.runs_removed == 1
+    assert record.steps_removed == record.metrics_removed == 3
+    assert record.messages_removed == messages_before - Message.objects.filter(organization=organization).count()
+    assert record.messages_removed == 4  # one per removed step, and the run's step-less one
