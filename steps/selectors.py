@@ -179,7 +179,13 @@ class _Statements:
 
     def __init__(self, db: BaseDatabaseWrapper) -> None:
         self.db = db
-        self.prepare = db.vendor == "postgresql" and not db.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+        # Where queries are logged (DEBUG, a test capturing them) the log needs the SQL text, which Django reads
+        # from a client-side cursor only: planned each time there.
+        self.prepare = (
+            db.vendor == "postgresql"
+            and not db.settings_dict.get("DISABLE_SERVER_SIDE_CURSORS")
+            and not db.queries_logged
+        )
 
     def __enter__(self) -> "_Statements":
         self.cursor = self.db.cursor()
@@ -191,7 +197,7 @@ class _Statements:
             self.threshold = self.db.connection.prepare_threshold
             self.db.connection.prepare_threshold = _NEVER_BY_COUNT
             raw = _prepared_cursor_class()(self.db.connection)
-            self.prepared = self.db.make_debug_cursor(raw) if self.db.queries_logged else self.db.make_cursor(raw)
+            self.prepared = self.db.make_cursor(raw)
         return self
 
     def __exit__(self, *exc: object) -> None:
