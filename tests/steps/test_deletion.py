@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from accounts.models import ApiKeyScope
 from accounts.services import api_key_create
 from agents.models import Run
-from steps import deletion, services
+from steps import deletion, rollups, services
 from steps import tasks as steps_tasks
 from steps.models import (
     DeletionJob,
@@ -292,9 +292,14 @@ def _error_row(model, organization, bucket: datetime, error_type: str = "timeout
     return model.objects.filter(organization=organization, bucket=bucket, error_type=error_type).first()
 
 
-def test_errors_rollups_are_refreshed_per_hour_and_key_and_equal_a_rebuild(organization):
+@pytest.mark.parametrize(("batch_size", "keys_per_statement"), [(3, 100), (500, 1)])
+def test_errors_rollups_are_refreshed_per_hour_and_key_and_equal_a_rebuild(
+    organization, monkeypatch, batch_size, keys_per_statement
+):
     """The deleted errors were the first seen, last seen and example of their hour; one hour's only error goes with
-    its row; the day keeps the errors of its other hours; another error type in the same hour is left as it was."""
+    its row; the day keeps the errors of its other hours; another error type in the same hour is left as it was.
+    In batches of 3 steps, and in one batch whose keys are refreshed one statement each."""
+    monkeypatch.setattr(rollups, "_REFRESH_CHUNK", keys_per_statement)
     agent = AgentFactory(organization=organization)
     h0, h1, h2 = DAY0 + timedelta(hours=10), DAY0 + timedelta(hours=13), DAY0 + timedelta(hours=15)
     day1 = DAY0 + timedelta(days=1)
@@ -318,7 +323,8 @@ def test_errors_rollups_are_refreshed_per_hour_and_key_and_equal_a_rebuild(organ
     )
 
     job = deletion.deletion_run(
-        job_id=deletion.deletion_create(organization=organization, params={"user_id": "gone"}).pk, batch_size=3
+        job_id=deletion.deletion_create(organization=organization, params={"user_id": "gone"}).pk,
+        batch_size=batch_size,
     )
     assert (job.status, job.steps_deleted) == (DeletionStatus.SUCCEEDED, 8)
 
