@@ -35,6 +35,7 @@ PHASES = (
     "errors_rollups_refresh",
     "_recompute_errors",
     "_delete_runs_left_empty",
+    "runs_delete_empty",
 )
 
 

@@ -9,8 +9,8 @@ the job again (or twice at once) finds only the steps still there.
 Rows: a batch's steps are grouped per partition interval (steps.partitions) and each DELETE of the steps or of
 their metrics, messages and provider traces is bounded by its interval's created_at (step_created_at), so on
 PostgreSQL it touches that one partition; the deletes are direct (Django's collector would look the children up
-again by step id alone, in every partition). The runs left empty (steps.runs.runs_left_empty) go with their
-messages of no step.
+again by step id alone, in every partition). The runs left empty go with their messages of no step
+(steps.runs.runs_delete_empty, shared with retention).
 
 Rollups: the usage and subject rollups get the deleted steps' own rows (steps.rollups: usage_rows,
 subject_rows, the recording path's rules) with the sign turned, and rows left with no step are removed. The
@@ -55,7 +55,7 @@ from steps.rollups import (
     upsert_sql,
     usage_rows,
 )
-from steps.runs import runs_left_empty
+from steps.runs import runs_delete_empty
 from steps.selectors import step_queryset
 
 # The rollups a step's measures are summed into: table, bucket, the recording path's row rule.
@@ -179,19 +179,6 @@ def _delete_rows(groups: list[tuple[datetime, datetime, list[str]]]) -> dict[str
     return counts
 
 
-def _delete_runs_left_empty(run_ids: set[str]) -> dict[str, int]:
-    """Delete the runs of `run_ids` that have no step left, with their messages; rows deleted per model label."""
-    if not run_ids:
-        return {}
-    empty = list(runs_left_empty(Run.objects.filter(pk__in=run_ids)).select_for_update().values_list("pk", flat=True))
-    if not empty:
-        return {}
-    using = connection.alias
-    messages = Message.objects.filter(run_id__in=empty)._raw_delete(using)  # those of no step (the others went)
-    runs = Run.objects.filter(pk__in=empty)._raw_delete(using)
-    return {Message._meta.label: messages, Run._meta.label: runs}
-
-
 def _batch(job: DeletionJob, batch_size: int) -> bool:
     """Delete the next batch; False when there is none left."""
     with transaction.atomic():
@@ -210,7 +197,7 @@ def _batch(job: DeletionJob, batch_size: int) -> bool:
         _subtract_rollups(steps)
         counts = _delete_rows(_by_partition([(s.pk, s.created_at) for s in steps]))
         errors_rollups_refresh(steps=steps)
-        run_counts = _delete_runs_left_empty({s.run_id for s in steps if s.run_id})
+        run_counts = runs_delete_empty(sorted({s.run_id for s in steps if s.run_id}))
         job.cursor = last_id
         job.status = DeletionStatus.RUNNING
         job.error = ""
