@@ -27,6 +27,7 @@ from steps.partitions import (
     partition_floor,
     partition_interval,
     partition_name,
+    partitions_drop,
     partitions_ensure,
     partitions_list,
 )
@@ -340,6 +341,40 @@ def test_a_step_less_message_of_a_project_that_keeps_longer_holds_its_partition(
     assert partition_floor(now - timedelta(days=60)) not in dropped
     assert Message.objects.filter(pk=held.pk).exists() and not Message.objects.filter(pk=other.pk).exists()
     assert not Step.objects.filter(organization=organization, created_at__lt=now - timedelta(days=30)).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_partition_drop_waiting_on_a_write_lock_gives_up_and_drops_nothing(postgres):
+    """While another transaction writes into one of the partitions, the drop waits at most lock_timeout_ms, then
+    leaves all four for a later run; once the write is done, the drop goes through and counts the late row too."""
+    organization = OrganizationFactory()
+    when = timezone.now() - timedelta(days=70)
+    lower = partition_floor(when)
+    upper = lower + partition_interval()
+    partitions_ensure(lower, upper)
+    _step(organization, when=when)
+    other = load_backend(connection.settings_dict["ENGINE"]).DatabaseWrapper(
+        {**connection.settings_dict}, alias="partition_writer"
+    )
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("BEGIN")
+            cursor.execute(
+                "INSERT INTO steps_message (id, organization_id, role, content, sequence_id, is_err, created_at, "
+                "step_created_at) VALUES ('msg-late', %s, 'user', '[]', 1, false, now(), %s)",
+                [organization.pk, when],
+            )
+            assert partitions_drop(lower, upper, lock_timeout_ms=200) is None
+            assert {partition_name(t, lower) for t in TABLES} <= {p.name for p in partitions_list()}
+            cursor.execute("COMMIT")
+    finally:
+        other.close()
+
+    dropped = partitions_drop(lower, upper, lock_timeout_ms=2000)
+
+    assert dropped is not None
+    assert dropped.rows == {"steps_step": 1, "steps_stepmetrics": 1, "steps_message": 2, "traces_providertrace": 0}
+    assert not {partition_name(t, lower) for t in TABLES} & {p.name for p in partitions_list()}
 
 
 # -- migrate an existing database with rows ----------------------------------------------------------------------
