@@ -78,7 +78,16 @@ def test_request_join_reads_every_partition_and_answers_the_same_each_time(api_c
     MessageFactory(step=early, run=run, sequence_id=2)
     ProviderTraceFactory(step=loose)
 
+    def generic_plans() -> dict[str, int]:
+        if connection.vendor != "postgresql":
+            return {}
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT statement, generic_plans FROM pg_prepared_statements")
+            return {statement.split(" WHERE ")[0].split(" FROM ")[-1]: n for statement, n in cursor.fetchall()}
+
+    before = generic_plans()
     bodies = [api_client.get("/v1/requests/req-p").json() for _ in range(3)]
+    after = generic_plans()
     monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
     bodies.append(api_client.get("/v1/requests/req-p").json())
 
@@ -88,12 +97,9 @@ def test_request_join_reads_every_partition_and_answers_the_same_each_time(api_c
     assert [m["message_type"] for m in first["messages"]] == ["user_message", "assistant_message"]
     assert [t["step_id"] for t in first["provider_traces"]] == [loose.id]
     assert all(body == first for body in bodies[1:])
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT statement, generic_plans FROM pg_prepared_statements")
-            plans = {statement.split(" WHERE ")[0].split(" FROM ")[-1]: n for statement, n in cursor.fetchall()}
-        assert plans['"steps_step" s'] == 3  # prepared once, then run with its generic plan every time
-        assert plans['"steps_message"'] == 3
+    if connection.vendor == "postgresql":  # prepared once, then run with its generic plan every time
+        for table in ('"steps_step" s', '"steps_message"'):
+            assert after[table] - before.get(table, 0) == 3, table
 
 
 def test_unknown_or_foreign_request_id_is_not_found(api_client):
