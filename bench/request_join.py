@@ -31,6 +31,7 @@ def _setup() -> None:
     from django.conf import settings
 
     django.setup()
+    settings.DEBUG = False  # as bench/scale.py: no query log (and the queries run as in production)
     for alias in settings.DATABASES:
         if settings.DATABASES[alias]["ENGINE"].endswith("postgresql"):
             options = settings.DATABASES[alias].setdefault("OPTIONS", {})
