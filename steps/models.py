@@ -310,6 +310,7 @@ class StepRollup(RollupKey):
 
     steps = models.BigIntegerField(default=0)
     error_steps = models.BigIntegerField(default=0, help_text="Steps with status failed.")
+    cancelled_steps = models.BigIntegerField(default=0, help_text="Steps with status cancelled (not errors).")
     prompt_tokens = models.BigIntegerField(default=0)
     completion_tokens = models.BigIntegerField(default=0)
     total_tokens = models.BigIntegerField(default=0)

@@ -31,6 +31,7 @@ from steps.rollups import (
     COUNT_COLUMNS,
     LATENCY_COLUMNS,
     MEASURE_COLUMNS,
+    TOKEN_COLUMNS,
     TTFT_COLUMNS,
     RollupRow,
     hour_ceil,
@@ -46,12 +47,11 @@ TIME_UNITS = {"hour": TruncHour, "day": TruncDay, "week": TruncWeek}
 SOURCE_ROLLUP = "rollup"
 SOURCE_ROLLUP_AND_STEPS = "rollup+steps"
 SOURCE_STEPS = "steps"
-_TOKEN_COLUMNS = COUNT_COLUMNS[2:]
 
 # Usage report row key -> the rollup columns it is computed from (besides "steps", which every row has).
 _MEASURE_NEEDS: dict[str, tuple[str, ...]] = {
     "steps": (),
-    **{name: (name,) for name in _TOKEN_COLUMNS},
+    **{name: (name,) for name in TOKEN_COLUMNS},
     "cache_hit_ratio": ("prompt_tokens", "cached_input_tokens"),
     "cost_usd": ("cost_usd",),
     "error_count": ("error_steps",),
@@ -136,8 +136,9 @@ def steps_totals(
     sums: dict[str, Any] = {
         "n_steps": Count("pk"),
         "n_errors": Count("pk", filter=Q(status=StepStatus.FAILED)),
+        "n_cancelled": Count("pk", filter=Q(status=StepStatus.CANCELLED)),
         "sum_cost_usd": Sum("cost_usd"),
-        **{f"sum_{name}": Sum(name) for name in _TOKEN_COLUMNS},
+        **{f"sum_{name}": Sum(name) for name in TOKEN_COLUMNS},
     }
     if postgres:
         # One row per group, its steps' histogram buckets in two arrays: far fewer rows (each converted in Python)
@@ -166,7 +167,8 @@ def steps_totals(
         n = row["n_steps"]
         totals.counts["steps"] += n
         totals.counts["error_steps"] += row["n_errors"]
-        for name in _TOKEN_COLUMNS:
+        totals.counts["cancelled_steps"] += row["n_cancelled"]
+        for name in TOKEN_COLUMNS:
             totals.counts[name] += row[f"sum_{name}"] or 0
         totals.cost_usd += Decimal(row["sum_cost_usd"] or 0)
         latency, ttft = totals.latency, totals.ttft

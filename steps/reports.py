@@ -47,10 +47,10 @@ from steps.report_windows import (
     window_split,
 )
 from steps.rollups import (
-    COUNT_COLUMNS,
     ERROR_ROLLUP_FILTERS,
     ERROR_STEPS,
     ROLLUP_FILTERS,
+    TOKEN_COLUMNS,
     ErrorTotals,
     RollupRow,
     greatest_id,
@@ -78,7 +78,7 @@ OUTPUT_KEYS = {**USAGE_GROUPS, "provider": "provider"}
 ROLLUP_GROUPS = frozenset({"model", "model_handle", "provider", "agent", "project", "hour", "day", "week"})
 ERROR_GROUPS = {"provider": "provider_name", "model": "model", "agent": "agent_id", "day": "day"}
 PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
-TOKEN_MEASURES = COUNT_COLUMNS[2:]
+TOKEN_MEASURES = TOKEN_COLUMNS
 MAX_ROWS = 100_000
 # Filters that select which steps count as errors, not which steps count: left out of the errors
 # report's denominators.
@@ -475,7 +475,7 @@ def errors_report(
         group_by=["error_type", *group_by], rows=rows, source=source, exact_percentiles=True, truncated=truncated,
         extra={
             "total_steps": overall, "total_errors": sum(r["count"] for r in results),
-            "cancelled": filterset.qs.filter(status=StepStatus.CANCELLED).count(), "counts": ERRORS_COUNT,
+            "cancelled": _cancelled(organization, filterset), "counts": ERRORS_COUNT,
         },
     )  # fmt: skip
 
@@ -578,6 +578,23 @@ def _step_totals(
         for key, n in _count_steps(edge, group_by).items():
             counts[key] = counts.get(key, 0) + n
     return counts, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
+
+
+def _cancelled(organization: Organization, filterset: StepFilterSet) -> int:
+    """The cancelled steps matching the filters (the errors report's `cancelled`), exact: the rollups' cancelled_steps
+    for the window's whole hours and a count of the steps in its ragged minutes when the filters allow (the count
+    then grows with the window, not with the steps in it), else a count of the steps."""
+    cancelled = filterset.qs.filter(status=StepStatus.CANCELLED)
+    rollup_filters = _rollup_filters(filterset)
+    cleaned = filterset.form.cleaned_data
+    split = window_split(start=cleaned.get("start"), end=cleaned.get("end"))
+    if rollup_filters is None or split is None:
+        return cancelled.count()
+    totals = rollup_step_counts(
+        organization=organization, start=split.inner_start, end=split.inner_end, filters=rollup_filters,
+        group_by=[], column="cancelled_steps",
+    )  # fmt: skip
+    return sum((totals or {}).values()) + sum(edge.count() for edge in _edges(cancelled, split))
 
 
 def _edges(queryset: QuerySet, split: WindowSplit) -> list[QuerySet]:

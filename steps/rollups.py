@@ -41,9 +41,7 @@ from steps.models import (
     SubjectRollupHour,
 )
 
-COUNT_COLUMNS = (
-    "steps",
-    "error_steps",
+TOKEN_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "total_tokens",
@@ -51,10 +49,10 @@ COUNT_COLUMNS = (
     "cache_write_tokens",
     "reasoning_tokens",
 )
+COUNT_COLUMNS = ("steps", "error_steps", "cancelled_steps", *TOKEN_COLUMNS)
 LATENCY_COLUMNS = tuple(f"latency_h{i:02d}" for i in range(BUCKETS))
 TTFT_COLUMNS = tuple(f"ttft_h{i:02d}" for i in range(BUCKETS))
 MEASURE_COLUMNS = (*COUNT_COLUMNS, "cost_usd", *LATENCY_COLUMNS, *TTFT_COLUMNS)
-_TOKEN_FIELDS = COUNT_COLUMNS[2:]
 ROLLUP_TABLES = (StepRollupHour, StepRollupDay)
 ERROR_TABLES = (ErrorRollupHour, ErrorRollupDay)
 SUBJECT_TABLES = (SubjectRollupHour, SubjectRollupDay)
@@ -97,7 +95,8 @@ def step_measures(step: Step) -> dict[str, Any]:
     values: dict[str, Any] = dict.fromkeys(MEASURE_COLUMNS, 0)
     values["steps"] = 1
     values["error_steps"] = int(step.status == StepStatus.FAILED)
-    for name in _TOKEN_FIELDS:
+    values["cancelled_steps"] = int(step.status == StepStatus.CANCELLED)
+    for name in TOKEN_COLUMNS:
         values[name] = getattr(step, name) or 0
     values["cost_usd"] = step.cost_usd or Decimal(0)
     if step.latency_ns is not None:
@@ -546,7 +545,8 @@ def _rebuild_hours_postgres(
     measures_sql = [
         "count(*)",
         f"count(*) FILTER (WHERE status = '{StepStatus.FAILED.value}')",
-        *(f"coalesce(sum({qn(c)}), 0)" for c in _TOKEN_FIELDS),
+        f"count(*) FILTER (WHERE status = '{StepStatus.CANCELLED.value}')",
+        *(f"coalesce(sum({qn(c)}), 0)" for c in TOKEN_COLUMNS),
         "coalesce(sum(cost_usd), 0)",
         *(f"count(*) FILTER (WHERE lb = {i})" for i in range(BUCKETS)),
         *(f"count(*) FILTER (WHERE tb = {i})" for i in range(BUCKETS)),
@@ -754,9 +754,13 @@ def rollup_step_counts(
     end: datetime | None,
     filters: dict[str, Sequence[str]],
     group_by: Sequence[str],
+    column: str = "steps",
 ) -> dict[tuple[Any, ...], int] | None:
-    """Ended steps per group (as rollup_totals, summing the one column a count needs)."""
-    rows = _grouped(organization, start, end, filters, group_by, (("sum", "steps"),))
+    """Ended steps per group (as rollup_totals, summing the one column a count needs: `column`, one of
+    COUNT_COLUMNS, e.g. cancelled_steps for the cancelled ones)."""
+    if column not in COUNT_COLUMNS:
+        raise ValueError(f"not a count column: {column}")
+    rows = _grouped(organization, start, end, filters, group_by, (("sum", column),))
     if rows is None:
         return None
     result: dict[tuple[Any, ...], int] = {}

@@ -844,3 +844,93 @@ def test_a_report_of_some_measures_has_the_full_report_s_values(organization, da
     assert [(r["error_rate"], r["ttft_ms_p95"]) for r in both.rows] == [
         (r["error_rate"], r["ttft_ms_p95"]) for r in full.rows
     ]
+
+
+def _cancel(organization, agent, when, **kwargs):
+    step = services.step_start(
+        organization=organization, agent=agent, provider_name="openai", model="gpt-4o-mini", created_at=when, **kwargs
+    )  # fmt: skip
+    services.step_cancel(step=step)
+    return step
+
+
+def _cancelled_columns(organization):
+    from steps.models import SubjectRollupDay, SubjectRollupHour
+
+    return [
+        sorted(
+            model.objects.filter(organization=organization, cancelled_steps__gt=0).values_list(
+                "bucket", "agent_id", "model", "cancelled_steps", *(("kind", "subject_id") if "Subject" in name else ())
+            )
+        )
+        for name, model in (
+            ("StepRollupHour", StepRollupHour), ("StepRollupDay", StepRollupDay),
+            ("SubjectRollupHour", SubjectRollupHour), ("SubjectRollupDay", SubjectRollupDay),
+        )
+    ]  # fmt: skip
+
+
+def test_the_errors_report_counts_cancelled_steps_from_the_rollups_and_the_ragged_minutes(
+    api_client, organization, dataset
+):
+    """`cancelled`: the rollups' cancelled_steps for whole hours, the steps of the ragged minutes, exact either way."""
+    whens = [DAY0 + timedelta(hours=2, minutes=11), DAY0 + timedelta(hours=9, minutes=59), DAY0 + timedelta(days=1)]
+    for i, when in enumerate(whens):
+        _cancel(organization, dataset[i % 2], when, user_id="u-c", conversation_id="c-c" if i else None)
+    _cancel(OrganizationFactory(), AgentFactory(), DAY0 + timedelta(hours=3))  # another organization's
+    hours = StepRollupHour.objects.filter(organization=organization, cancelled_steps__gt=0)
+    assert sorted(hours.values_list("bucket", "cancelled_steps")) == [
+        (DAY0 + timedelta(hours=2), 1), (DAY0 + timedelta(hours=9), 1), (DAY0 + timedelta(days=1), 1),
+    ]  # fmt: skip
+    kept = _cancelled_columns(organization)
+    step_rollups_rebuild(organization=organization)
+    assert _cancelled_columns(organization) == kept  # the write path and the rebuild agree
+
+    windows = [
+        ({}, 3),  # all time: the rollups
+        ({"start": (DAY0 + timedelta(hours=2, minutes=30)).isoformat()}, 2),  # a ragged start past the first one
+        ({"start": (DAY0 + timedelta(hours=2, minutes=5)).isoformat(),
+          "end": (DAY0 + timedelta(hours=9, minutes=59)).isoformat()}, 1),  # ragged ends: 02:11 in, 09:59 out
+        ({"agent_id": dataset[0].pk}, 2),
+        ({"status": "cancelled"}, 3),  # not a rollup filter: the steps
+    ]  # fmt: skip
+    for params, want in windows:
+        body = api_client.get("/v1/errors", params).json()
+        assert body["cancelled"] == want, (params, body["cancelled"])
+        assert body["cancelled"] == Step.objects.filter(
+            organization=organization, status=StepStatus.CANCELLED,
+            **({"agent_id": params["agent_id"]} if "agent_id" in params else {}),
+            **({"created_at__gte": params["start"]} if "start" in params else {}),
+            **({"created_at__lt": params["end"]} if "end" in params else {}),
+        ).count()  # fmt: skip
+    # The whole hours come from the rollups, not the steps: a rollup count changed behind the report's back shows.
+    days = StepRollupDay.objects.filter(organization=organization, cancelled_steps__gt=0).update(cancelled_steps=5)
+    assert days == 3  # day 0 for each agent, day 1
+    assert api_client.get("/v1/errors").json()["cancelled"] == 15
+
+
+def test_migration_fills_cancelled_steps_of_the_rollup_rows(organization, dataset):
+    import importlib
+    from types import SimpleNamespace
+
+    from django.apps import apps
+    from django.db import connection
+
+    from steps.models import SubjectRollupDay, SubjectRollupHour
+
+    migration = importlib.import_module("steps.migrations.0017_rollup_cancelled_steps")
+    other = OrganizationFactory()
+    for i in range(5):
+        when = DAY0 + timedelta(hours=3 * i, minutes=13)
+        _cancel(organization, dataset[i % 2], when, user_id=f"u-{i % 2}", conversation_id="c-1" if i % 3 else None)
+    _cancel(other, AgentFactory(organization=other), DAY0 + timedelta(minutes=5), user_id="u-0")
+    truth = _cancelled_columns(organization), _cancelled_columns(other)
+    # hours: 5; days: one per agent; subjects by hour: 5 users' and 3 conversations'; by day: 2 users', 2 conversations'
+    assert [len(rows) for rows in truth[0]] == [5, 2, 8, 4]
+    for model in (StepRollupHour, StepRollupDay, SubjectRollupHour, SubjectRollupDay):  # as before the migration
+        model.objects.update(cancelled_steps=0)
+
+    # The function reads only the editor's connection (SQLite's editor cannot open inside a test transaction).
+    migration.backfill(apps, SimpleNamespace(connection=connection))
+
+    assert (_cancelled_columns(organization), _cancelled_columns(other)) == truth
