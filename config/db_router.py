@@ -63,7 +63,7 @@ def replica_settings(replica: dict[str, Any], *, primary: dict[str, Any]) -> dic
             f"for a {primary['ENGINE']} primary."
         )
     settings = {**replica, "ATOMIC_REQUESTS": False}
-    for key in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS"):
+    for key in ("CONN_MAX_AGE", "CONN_HEALTH_CHECKS", "DISABLE_SERVER_SIDE_CURSORS"):
         if key in primary:
             settings.setdefault(key, primary[key])
     settings["TEST"] = {"MIRROR": PRIMARY}
