@@ -211,41 +211,90 @@ class DroppedPartition:
 def partitions_drop(
     lower: datetime, upper: datetime, *, lock_timeout_ms: int, names: dict[str, str] | None = None
 ) -> DroppedPartition | None:
-    """Drop the partitions [lower, upper) of all four tables in one transaction, counting their rows first.
+    """Remove the partitions [lower, upper) of all four tables: detach them (partitions_detach), then count their
+    rows and drop them (partitions_drop_detached's work, for these). None when the detach could not have its locks.
 
     `names` ({table: partition name}, as partitions_list gives them) spares reading the catalog again when the
-    caller already has. The partitions are locked against writes first (SHARE: reads go on), so the counts are
-    exactly the rows dropped. The counts are one statement; they read the partitions only (an index-only scan
-    where the partition is vacuumed), never under a lock on the parents. Dropping then takes an ACCESS EXCLUSIVE
-    lock on each parent for a moment; `lock_timeout_ms` bounds how long any lock is waited for (meanwhile other
-    queries queue behind it), and on a timeout (or a deadlock with a late write into these partitions) nothing is
-    dropped and None is returned (the caller leaves it for a later run). Children are dropped before steps. The
-    DEFAULT partition is never dropped. A table whose partition with exactly these bounds does not exist is
-    skipped."""
+    caller already has. Once detached, the rows are out of every query and no write can reach them, so the counts
+    are exactly the rows dropped; counting and dropping hold no lock on the parents (the reads and writes of the
+    other partitions go on). A crash between the two leaves detached tables that the next call of
+    partitions_drop_detached (retention does, first) counts and drops."""
     if names is None:
         if not is_partitioned():
             return None
         names = {p.table: p.name for p in partitions_list() if p.lower == lower and p.upper == upper}
+    detached = partitions_detach(names, lock_timeout_ms=lock_timeout_ms)
+    if detached is None:
+        return None
+    return DroppedPartition(lower, upper, _count_and_drop(detached))
+
+
+def partitions_detach(names: dict[str, str], *, lock_timeout_ms: int) -> dict[str, str] | None:
+    """Detach the partitions `names` ({table: partition}) from their tables in one short transaction (children
+    first); returns what was detached, or None (nothing detached) when a lock could not be had.
+
+    DETACH takes an ACCESS EXCLUSIVE lock on each parent until the commit; it neither scans nor deletes anything,
+    so the lock lasts milliseconds. `lock_timeout_ms` bounds how long any lock is waited for (meanwhile other
+    queries queue behind it): on a timeout, or a deadlock with a late write into these partitions, nothing is
+    detached and the caller leaves it for a later run."""
     tables = [table for table, _ in PARTITIONED_TABLES if table in names]
     if not tables:
         return None
     try:
         with transaction.atomic(), connections[DEFAULT_DB_ALIAS].cursor() as cursor:
             cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{int(lock_timeout_ms)}ms"])
-            # A table with deferred FK checks pending in this transaction cannot be dropped: run them now.
+            # A table with deferred FK checks pending in this transaction cannot be altered: run them now.
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            # The partitions only, not their parents: reads go on, a (late) write into them waits and then fails.
-            cursor.execute("LOCK TABLE " + ", ".join(f'"{names[t]}"' for t in tables) + " IN SHARE MODE")
-            cursor.execute("SELECT " + ", ".join(f'(SELECT count(*) FROM "{names[t]}")' for t in tables))
-            rows = dict(zip(tables, cursor.fetchone(), strict=True))
             for table in reversed(tables):  # children first
-                cursor.execute(f'DROP TABLE "{names[table]}"')
+                cursor.execute(f'ALTER TABLE "{table}" DETACH PARTITION "{names[table]}"')
     except DatabaseError as exc:  # a lock timeout, a deadlock (or a concurrent drop) leaves it for the next run
-        if not any(text in str(exc) for text in ("lock timeout", "deadlock detected", "does not exist")):
+        if not any(
+            text in str(exc) for text in ("lock timeout", "deadlock detected", "is not a partition", "does not exist")
+        ):
             raise
-        logger.warning("partitions [%s, %s) not dropped now: %s", lower, upper, exc)
+        logger.warning("partitions %s not detached now: %s", sorted(names.values()), exc)
         return None
-    return DroppedPartition(lower, upper, rows)
+    return {table: names[table] for table in tables}
+
+
+def _count_and_drop(detached: dict[str, str]) -> dict[str, int]:
+    """Count the rows of detached partitions ({table: name}) in one statement, then drop them (children first)."""
+    tables = [table for table, _ in PARTITIONED_TABLES if table in detached]
+    with transaction.atomic(), connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(f'(SELECT count(*) FROM "{detached[t]}")' for t in tables))
+        rows = dict(zip(tables, cursor.fetchone(), strict=True))
+        for table in reversed(tables):
+            cursor.execute(f'DROP TABLE "{detached[table]}"')
+    return rows
+
+
+_DETACHED_NAME = re.compile(r"^(?P<table>[a-z_]+)_p(?P<lower>\d{8})$")
+
+
+def partitions_drop_detached() -> list[DroppedPartition]:
+    """Count and drop the partitions a partitions_drop detached but did not drop (it died in between): tables named
+    like a partition of the four (`<table>_pYYYYMMDD`) that are no partition of anything. Their interval's upper
+    bound is taken as lower + STEPLENS_PARTITION_DAYS. A no-op where the tables are not partitioned."""
+    if not is_partitioned():
+        return []
+    tables = {table for table, _ in PARTITIONED_TABLES}
+    with connections[DEFAULT_DB_ALIAS].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.relname FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace "
+            "AND c.relkind = 'r' AND NOT c.relispartition AND c.relname ~ '_p[0-9]{8}$'"
+        )
+        found = [name for (name,) in cursor.fetchall()]
+    by_lower: dict[datetime, dict[str, str]] = {}
+    for name in found:
+        match = _DETACHED_NAME.match(name)
+        if match and match["table"] in tables:
+            lower = datetime.strptime(match["lower"], "%Y%m%d").replace(tzinfo=UTC)
+            by_lower.setdefault(lower, {})[match["table"]] = name
+    dropped = []
+    for lower, detached in sorted(by_lower.items()):
+        logger.warning("dropping partitions detached earlier: %s", sorted(detached.values()))
+        dropped.append(DroppedPartition(lower, lower + partition_interval(), _count_and_drop(detached)))
+    return dropped
 
 
 def keep_group_by_whole() -> None:

@@ -45,7 +45,14 @@ from steps.models import (
     SubjectRollupDay,
     SubjectRollupHour,
 )
-from steps.partitions import PARTITIONED_TABLES, is_partitioned, partitions_drop, partitions_list
+from steps.partitions import (
+    PARTITIONED_TABLES,
+    DroppedPartition,
+    is_partitioned,
+    partitions_drop,
+    partitions_drop_detached,
+    partitions_list,
+)
 from steps.runs import runs_delete_empty
 
 HOUR_ROLLUPS = (StepRollupHour, SubjectRollupHour, ErrorRollupHour)
@@ -245,6 +252,8 @@ def _drop_partitions(record: RetentionRun, *, now: datetime) -> None:
     """Drop every partition interval whose rows are all past their retention (see the module docstring)."""
     if not is_partitioned():
         return
+    for dropped in partitions_drop_detached():  # what a run that died between detaching and dropping left
+        _record_drop(record, dropped)
     cutoff_of = _cutoffs(now)
     project_org = dict(Project.objects.values_list("id", "organization_id"))
     own_days = set(Project.objects.filter(retention_days__isnull=False).values_list("id", flat=True))
@@ -264,14 +273,17 @@ def _drop_partitions(record: RetentionRun, *, now: datetime) -> None:
         dropped = partitions_drop(
             lower, upper, lock_timeout_ms=settings.STEPLENS_PARTITION_LOCK_TIMEOUT_MS, names=names
         )
-        if dropped is None:
-            continue
-        record.partitions_dropped.append(dropped.describe())
-        record.steps_removed += dropped.rows.get(STEPS, 0)
-        record.metrics_removed += dropped.rows.get(METRICS, 0)
-        record.messages_removed += dropped.rows.get(MESSAGES, 0)
-        record.provider_traces_removed += dropped.rows.get(PROVIDER_TRACES, 0)
-        record.save()
+        if dropped is not None:
+            _record_drop(record, dropped)
+
+
+def _record_drop(record: RetentionRun, dropped: DroppedPartition) -> None:
+    record.partitions_dropped.append(dropped.describe())
+    record.steps_removed += dropped.rows.get(STEPS, 0)
+    record.metrics_removed += dropped.rows.get(METRICS, 0)
+    record.messages_removed += dropped.rows.get(MESSAGES, 0)
+    record.provider_traces_removed += dropped.rows.get(PROVIDER_TRACES, 0)
+    record.save()
 
 
 def _purge_rollups(policy: RetentionPolicy, *, batch_size: int) -> int:

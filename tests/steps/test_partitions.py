@@ -27,7 +27,9 @@ from steps.partitions import (
     partition_floor,
     partition_interval,
     partition_name,
+    partitions_detach,
     partitions_drop,
+    partitions_drop_detached,
     partitions_ensure,
     partitions_list,
 )
@@ -375,6 +377,39 @@ def test_a_partition_drop_waiting_on_a_write_lock_gives_up_and_drops_nothing(pos
     assert dropped is not None
     assert dropped.rows == {"steps_step": 1, "steps_stepmetrics": 1, "steps_message": 2, "traces_providertrace": 0}
     assert not {partition_name(t, lower) for t in TABLES} & {p.name for p in partitions_list()}
+
+
+def test_partitions_detached_by_a_run_that_died_before_dropping_them_are_counted_and_dropped_by_the_next(
+    postgres, db, organization
+):
+    """partitions_drop detaches (a short lock on the parents), then counts and drops. A retention run that dies in
+    between leaves detached tables, out of every query: the next run counts them, drops them and records them."""
+    now = timezone.now()
+    when = now - timedelta(days=70)
+    lower = partition_floor(when)
+    upper = lower + partition_interval()
+    partitions_ensure(lower, upper + partition_interval())
+    old = [_step(organization, when=when + timedelta(minutes=i)) for i in range(3)]
+    kept = _step(organization, when=upper + timedelta(hours=1))
+    names = {p.table: p.name for p in partitions_list() if p.lower == lower}
+
+    assert partitions_detach(names, lock_timeout_ms=2000) == names  # ... and the process dies here
+
+    assert not {p.name for p in partitions_list()} & set(names.values())
+    assert not Step.objects.filter(pk__in=[s.pk for s in old]).exists()  # out of every query already
+    assert Step.objects.filter(pk=kept.pk).exists()
+    record = retention_apply(now=now)  # keep forever: nothing else is past a retention
+
+    assert record.partitions_dropped == [
+        {"lower": lower.isoformat(), "upper": upper.isoformat(),
+         "rows": {"steps_step": 3, "steps_stepmetrics": 3, "steps_message": 3, "traces_providertrace": 0}},
+    ]  # fmt: skip
+    assert (record.steps_removed, record.metrics_removed, record.messages_removed) == (3, 3, 3)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_class WHERE relname = ANY(%s)", [list(names.values())])
+        assert cursor.fetchone()[0] == 0
+    assert partitions_drop_detached() == []  # nothing left over
+    assert Step.objects.filter(pk=kept.pk).exists()
 
 
 # -- migrate an existing database with rows ----------------------------------------------------------------------
