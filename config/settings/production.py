@@ -16,6 +16,7 @@ DEBUG = False
 DATABASES = {"default": env.db("DATABASE_URL")}
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool("DATABASE_DISABLE_SERVER_SIDE_CURSORS", default=False)
 # Seconds to wait for a connection (libpq's connect_timeout): an unreachable database host fails /readyz and the
 # requests quickly instead of after the operating system's TCP timeout.
 DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
