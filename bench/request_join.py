@@ -173,9 +173,7 @@ def _phases(organization: Any, request_ids: list[str], runs: int) -> None:
 
     from rest_framework.renderers import JSONRenderer
 
-    from steps.api import serializers as s
-    from steps.api.views import _request_errors
-    from steps.rendering import render_messages
+    from steps.api.views import request_data
     from steps.selectors import request_get
 
     phases: dict[str, list[float]] = defaultdict(list)
@@ -187,14 +185,7 @@ def _phases(organization: Any, request_ids: list[str], runs: int) -> None:
         profile.enable()
         record = request_get(organization=org, request_id=request_ids[i % len(request_ids)])
         t1 = time.perf_counter()
-        body = {
-            "request_id": record.request_id,
-            "runs": s.REQUEST_RUN.many(record.runs),
-            "steps": s.steps_data(record.steps, with_metrics=True),
-            "messages": render_messages(record.messages),
-            "provider_traces": s.PROVIDER_TRACE.many(record.provider_traces),
-            "errors": s.REQUEST_ERROR.many(_request_errors(record)),
-        }
+        body = request_data(record)
         t2 = time.perf_counter()
         JSONRenderer().render(body)
         t3 = time.perf_counter()

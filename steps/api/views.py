@@ -38,6 +38,7 @@ from steps.models import DeletionJob, DeletionStatus
 from steps.rendering import render_messages
 from steps.reports import ERROR_GROUPS, USAGE_GROUPS, Report, errors_report, group_by_pattern, usage_report
 from steps.selectors import (
+    RequestRecord,
     provider_trace_get,
     provider_traces_for_step,
     request_get,
@@ -277,16 +278,19 @@ class RequestDetailApi(APIView):
     def get(self, request: Request, request_id: str) -> Response:
         _check_params(request, allowed=set())
         record = request_get(organization=request_organization(request), request_id=request_id)
-        return Response(
-            {
-                "request_id": record.request_id,
-                "runs": s.REQUEST_RUN.many(record.runs),
-                "steps": s.steps_data(record.steps, with_metrics=True),
-                "messages": render_messages(record.messages),
-                "provider_traces": s.PROVIDER_TRACE.many(record.provider_traces),
-                "errors": s.REQUEST_ERROR.many(_request_errors(record)),
-            }
-        )
+        return Response(request_data(record))
+
+
+def request_data(record: RequestRecord) -> dict[str, Any]:
+    """The body of GET /v1/requests/{id} for a request-id join's record."""
+    return {
+        "request_id": record.request_id,
+        "runs": s.REQUEST_RUN.many(record.runs),
+        "steps": s.steps_data(record.steps, with_metrics=True),
+        "messages": render_messages(record.messages),
+        "provider_traces": s.PROVIDER_TRACE.many(record.provider_traces),
+        "errors": s.REQUEST_ERROR.many(_request_errors(record)),
+    }
 
 
 class RunUsageApi(APIView):
