@@ -562,39 +562,39 @@ def _step_totals(
     else:
         params = {k: v for k, v in params.items() if k not in _ERROR_SELECTING}
     filterset = step_filterset(organization=organization, params=params)
-    ended = filterset.qs.exclude(status=StepStatus.PENDING)
+    return _counted(organization, filterset, filterset.qs.exclude(status=StepStatus.PENDING), group_by, "steps")
+
+
+def _cancelled(organization: Organization, filterset: StepFilterSet) -> int:
+    """The cancelled steps matching the filters (the errors report's `cancelled`), exact, read as _counted reads
+    (the rollups' cancelled_steps for the whole hours, the steps of the ragged minutes)."""
+    counts, _ = _counted(
+        organization, filterset, filterset.qs.filter(status=StepStatus.CANCELLED), [], "cancelled_steps"
+    )
+    return sum(counts.values())
+
+
+def _counted(
+    organization: Organization, filterset: StepFilterSet, steps: QuerySet, group_by: list[str], column: str
+) -> tuple[dict[tuple, int], str]:
+    """`steps` (the filterset's steps of one kind) counted per group, exact, and what was read: the rollups' `column`
+    (a COUNT_COLUMNS count of that kind) for the whole hours of the window and the steps of its ragged minutes when
+    the filters allow, else a count of the steps."""
     rollup_filters = _rollup_filters(filterset)
     cleaned = filterset.form.cleaned_data
     split = window_split(start=cleaned.get("start"), end=cleaned.get("end"))
     if rollup_filters is None or split is None:  # no whole hour in the window: its steps are few
-        return _count_steps(ended, group_by), SOURCE_STEPS
+        return _count_steps(steps, group_by), SOURCE_STEPS
     columns = [ERROR_GROUPS[g] if g not in TIME_UNITS else g for g in group_by]
     totals = rollup_step_counts(
         organization=organization, start=split.inner_start, end=split.inner_end, filters=rollup_filters,
-        group_by=columns,
+        group_by=columns, column=column,
     )  # fmt: skip
-    counts = {tuple(_iso(v) if v != "" else None for v in key): steps for key, steps in (totals or {}).items()}
-    for edge in _edges(ended, split):
+    counts = {tuple(_iso(v) if v != "" else None for v in key): n for key, n in (totals or {}).items()}
+    for edge in _edges(steps, split):
         for key, n in _count_steps(edge, group_by).items():
             counts[key] = counts.get(key, 0) + n
     return counts, SOURCE_ROLLUP_AND_STEPS if split.edges else SOURCE_ROLLUP
-
-
-def _cancelled(organization: Organization, filterset: StepFilterSet) -> int:
-    """The cancelled steps matching the filters (the errors report's `cancelled`), exact: the rollups' cancelled_steps
-    for the window's whole hours and a count of the steps in its ragged minutes when the filters allow (the count
-    then grows with the window, not with the steps in it), else a count of the steps."""
-    cancelled = filterset.qs.filter(status=StepStatus.CANCELLED)
-    rollup_filters = _rollup_filters(filterset)
-    cleaned = filterset.form.cleaned_data
-    split = window_split(start=cleaned.get("start"), end=cleaned.get("end"))
-    if rollup_filters is None or split is None:
-        return cancelled.count()
-    totals = rollup_step_counts(
-        organization=organization, start=split.inner_start, end=split.inner_end, filters=rollup_filters,
-        group_by=[], column="cancelled_steps",
-    )  # fmt: skip
-    return sum((totals or {}).values()) + sum(edge.count() for edge in _edges(cancelled, split))
 
 
 def _edges(queryset: QuerySet, split: WindowSplit) -> list[QuerySet]:
